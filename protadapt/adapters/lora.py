@@ -1,0 +1,55 @@
+"""LoRA (Hu et al. 2021, arXiv 2106.09685): `W = W0 + (α/r)·B·A`, B zero-initialised."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protadapt.adapters.base import AdapterConfig, LinearAdapter
+
+
+class LoRALinear(LinearAdapter):
+    def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
+        super().__init__(base_layer)
+        weight = base_layer.weight
+        self.rank = config.rank
+        self.scaling = config.alpha / config.rank
+        self.down = nn.Parameter(torch.empty(config.rank, self.in_features, dtype=weight.dtype, device=weight.device))  # A
+        self.up = nn.Parameter(torch.zeros(self.out_features, config.rank, dtype=weight.dtype, device=weight.device))  # B
+        if weight.device.type != "meta":
+            nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+
+    @staticmethod
+    def num_params(in_features: int, out_features: int, config: AdapterConfig) -> int:
+        return config.rank * (in_features + out_features)
+
+    def direction_parameters(self) -> list[nn.Parameter]:
+        return [self.down, self.up]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        if self.merged:
+            return result
+        return result + self.low_rank(self.dropout(x))
+
+    def low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """(α/r)·B·A·x without forming B·A."""
+        return F.linear(F.linear(x, self.down), self.up) * self.scaling
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.up @ self.down) * self.scaling
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.merged:
+            return self.base_layer.weight
+        return self.base_layer.weight + self.delta_weight()
+
+    def _merge(self) -> None:
+        self.base_layer.weight += self.delta_weight()
+
+    def _unmerge(self) -> None:
+        self.base_layer.weight -= self.delta_weight()

@@ -1,0 +1,119 @@
+"""PNG figures of predictions and training logs, drawn on Agg figures (no pyplot, no display)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+from sklearn import metrics as skm
+
+from protadapt.evaluation.metrics import compute_metrics
+
+log = logging.getLogger(__name__)
+
+_STAGE_PREFIX = re.compile(r"^(inner_train|outer_val|train|val|valid|validation|test|predict)[_/]")
+_LIGHTNING_SUFFIX = re.compile(r"_(step|epoch)$")  # added by self.log(on_step=True, on_epoch=True)
+
+
+def plot_roc_pr(y_true: ArrayLike, y_score: ArrayLike, path: str | Path) -> Path:
+    """ROC and precision-recall curves; binary on P(class 1), multiclass one-vs-rest per class present."""
+    y_true = np.asarray(y_true).astype(np.int64)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    if y_score.ndim == 1:
+        y_score = np.column_stack([1.0 - y_score, y_score])
+    fig, (roc_ax, pr_ax) = new_figure(1, 2, panel_size=(5, 4.5))
+    classes = [1] if y_score.shape[1] == 2 else list(range(y_score.shape[1]))
+    for k in classes:
+        positive = y_true == k
+        if positive.all() or not positive.any():  # a curve needs both positives and negatives
+            continue
+        label = "" if len(classes) == 1 else f"class {k}: "
+        fpr, tpr, _ = skm.roc_curve(positive, y_score[:, k])
+        precision, recall, _ = skm.precision_recall_curve(positive, y_score[:, k])
+        roc_ax.plot(fpr, tpr, label=f"{label}AUC {skm.auc(fpr, tpr):.3f}")
+        pr_ax.plot(recall, precision, label=f"{label}AP {skm.average_precision_score(positive, y_score[:, k]):.3f}")
+    roc_ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall", xlim=(0, 1), ylim=(0, 1.05))
+    for ax in (roc_ax, pr_ax):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_regression_scatter(y_true: ArrayLike, y_pred: ArrayLike, path: str | Path) -> Path:
+    """Predicted vs true with the y = x line; the title carries Pearson r."""
+    y_true = np.asarray(y_true, dtype=np.float64).ravel()
+    y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
+    pearson = compute_metrics("regression", y_true, y_pred)["pearson"]
+    fig, (ax,) = new_figure(1, 1, panel_size=(5, 5))
+    ax.scatter(y_true, y_pred, s=14, alpha=0.7)
+    both = np.concatenate([y_true, y_pred])
+    low, high = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
+    ax.plot([low, high], [low, high], linestyle="--", color="grey", linewidth=1, label="y = x")
+    ax.set(xlabel="true", ylabel="predicted", title=f"Pearson r = {pearson:.3f} (n = {len(y_true)})")
+    ax.legend(loc="upper left", fontsize="small")
+    return save_figure(fig, path)
+
+
+def plot_training_curves(metrics_csv_path: str | Path, path: str | Path) -> Path | None:
+    """Every logged number vs step from a Lightning CSVLogger metrics.csv, one panel per metric family.
+
+    `train_loss`, `val_loss` and `train_loss_epoch` share the panel "loss". Returns None and
+    writes nothing when the file holds no numeric data (e.g. a run that stopped before logging).
+    """
+    try:
+        log_table = pd.read_csv(metrics_csv_path)
+    except pd.errors.EmptyDataError:
+        log_table = pd.DataFrame()
+    x_name = next((c for c in ("step", "epoch") if c in log_table.columns), None)
+    families: dict[str, list[str]] = {}
+    for column in log_table.columns:
+        values = pd.to_numeric(log_table[column], errors="coerce")
+        if column not in ("step", "epoch") and values.notna().any():
+            families.setdefault(metric_family(column), []).append(column)
+    if not families:
+        log.info("no numeric metrics in %s; no training-curve plot written", metrics_csv_path)
+        return None
+    x = pd.to_numeric(log_table[x_name], errors="coerce") if x_name else pd.Series(np.arange(len(log_table)))
+    ncols = min(3, len(families))
+    fig, axes = new_figure(math.ceil(len(families) / ncols), ncols, panel_size=(4.5, 3.5))
+    for ax, (family, columns) in zip(axes, families.items()):
+        for column in columns:
+            values = pd.to_numeric(log_table[column], errors="coerce")
+            logged = values.notna() & x.notna()
+            ax.plot(x[logged], values[logged], marker="o", markersize=3, label=column)
+        ax.set(xlabel=x_name or "row", title=family)
+        ax.legend(fontsize="small")
+    for ax in axes[len(families):]:
+        ax.set_visible(False)
+    return save_figure(fig, path)
+
+
+def metric_family(column: str) -> str:
+    """Metric name without its stage prefix and Lightning suffix: 'val_loss_epoch' -> 'loss'."""
+    return _LIGHTNING_SUFFIX.sub("", _STAGE_PREFIX.sub("", column))
+
+
+def new_figure(nrows: int, ncols: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """An Agg-backed figure and its axes as a flat list; no pyplot state, so nothing leaks between plots."""
+    fig = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, list(axes.ravel())
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Write the figure as PNG, creating parent folders, and return the path written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=120)
+    return path

@@ -1,0 +1,31 @@
+"""Shared test setup: offline data from ../shared, tiny and 8M-architecture random backbones."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+os.environ.setdefault("PROTADAPT_DATA_DIR", str(SHARED / "data"))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return SHARED
+
+
+@pytest.fixture
+def tokens() -> torch.Tensor:
+    """A padded batch of 3 sequences in ESM-2 tokens (BOS=0, EOS=2, PAD=1)."""
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randint(4, 24, (3, 12), generator=generator)
+    batch[:, 0] = 0
+    batch[0, -1] = 2
+    batch[1, 9], batch[1, 10:] = 2, 1
+    batch[2, 6], batch[2, 7:] = 2, 1
+    return batch
