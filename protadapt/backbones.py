@@ -64,7 +64,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "esm2_t33_650M_UR50D": _esm2("esm2_t33_650M_UR50D", 33, 1280, 20),
     "esm2_t36_3B_UR50D": _esm2("esm2_t36_3B_UR50D", 36, 2560, 40),
     "esm2_t48_15B_UR50D": _esm2("esm2_t48_15B_UR50D", 48, 5120, 40),
-    "esm1b_t33_650M_UR50S": Architecture("esm1b_t33_650M_UR50S", "esm1b", 33, 1280, 20, False),
+    "esm1b_t33_650M_UR50S": Architecture("esm1b_t33_650M_UR50S", "esm1b", 33, 1280, 20, True),
 }
 
 # sha256 of published files, checked after a download (HF-hub safetensors, from shared/models).
@@ -232,8 +232,11 @@ def load_fair_esm_checkpoint(path: Path, name: str | None = None) -> Backbone:
     state = {_strip_fairseq_prefix(key): value for key, value in data["model"].items()}
     regression = path.with_name(path.stem + "-contact-regression.pt")
     if regression.exists():
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            state.update(torch.load(regression, map_location="cpu", weights_only=True)["model"])
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state.update(torch.load(regression, map_location="cpu", weights_only=True)["model"])
+        except Exception as error:
+            raise BackboneError(f"{regression}: not a readable contact-regression file ({_one_line(error)})") from None
     model, alphabet = _build_model(architecture)
     if architecture.family == "esm1b" and "embed_tokens.weight" in state:
         state["embed_tokens.weight"][alphabet.mask_idx].zero_()  # as fair-esm does, for token drop
@@ -249,7 +252,15 @@ def _architecture_from_fair_esm(data: dict, name: str, path: Path) -> Architectu
     args = data["args"]
     if getattr(args, "arch", None) != "roberta_large":
         raise BackboneError(f"{path}: architecture '{getattr(args, 'arch', '?')}' is not supported (ESM-2 and ESM-1b are)")
-    return Architecture(name, "esm1b", args.layers, args.embed_dim, args.attention_heads, False)
+
+    def arg(key: str):  # fairseq saves `encoder_layers`; fair-esm strips the `encoder_` prefix
+        value = getattr(args, f"encoder_{key}", getattr(args, key, None))
+        if value is None:
+            raise BackboneError(f"{path}: ESM-1b args lack '{key}' (or 'encoder_{key}')")
+        return value
+
+    return Architecture(name, "esm1b", arg("layers"), arg("embed_dim"), arg("attention_heads"),
+                        bool(getattr(args, "token_dropout", False)))
 
 
 def _strip_fairseq_prefix(key: str) -> str:
@@ -298,8 +309,11 @@ def load_hf_directory(directory: Path) -> Backbone:
             key = "esm." + key  # EsmModel (no LM head) saves without the `esm.` prefix
         if HF_DERIVED.search(key):
             continue
+        key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # legacy names (transformers 5 writes them)
         state[hf_to_fair_esm_key(key)] = value
     model, alphabet = _build_model(architecture)
+    # fair-esm stores the rotary frequencies as a buffer; HF derives them, so take the built ones.
+    state.update({k: v for k, v in model.state_dict().items() if k.endswith("rot_emb.inv_freq")})
     _load_state_strict(model, state, weights, optional=("lm_head.", "contact_head."))
     return Backbone(model, alphabet, architecture, pretrained=True, source=str(directory))
 
@@ -339,11 +353,11 @@ def _build_model(architecture: Architecture) -> tuple[nn.Module, esm.data.Alphab
         args = argparse.Namespace(
             arch="roberta_large", layers=architecture.num_layers, embed_dim=architecture.embed_dim,
             ffn_embed_dim=architecture.ffn_dim, attention_heads=architecture.attention_heads,
-            max_positions=1024, emb_layer_norm_before=True, token_dropout=False,
+            max_positions=1024, emb_layer_norm_before=True, token_dropout=architecture.token_dropout,
             dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
         )
         model = esm.model.esm1.ProteinBertModel(args, alphabet)
-    return model.eval(), alphabet
+    return model, alphabet
 
 
 def _load_state_strict(model: nn.Module, state: dict, source: Path, optional: tuple[str, ...] = ("contact_head.",)) -> None:

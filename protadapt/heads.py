@@ -159,17 +159,19 @@ def check_compatible(metadata: dict, architecture: Architecture, adapter: Adapte
             f"width {saved.get('embed_dim')}), but this backbone is {architecture.name} "
             f"({architecture.num_layers} layers, width {architecture.embed_dim})")
     saved_adapter = metadata.get("adapter", {})
-    for key in ("method", "rank", "include_ffn", "targets", "shared", "num_prompts"):
+    unused = {"rank": ("full", "head", "prompt"), "alpha": ("full", "head", "prompt", "wegeft")}  # by method
+    for key in ("method", "rank", "alpha", "include_ffn", "targets", "shared", "num_prompts"):
         value = getattr(adapter, key)
         saved_value = saved_adapter.get(key)
         if isinstance(value, tuple):
             value = list(value)
-        if saved_value != value and not (key == "rank" and adapter.method in ("full", "head", "prompt")):
+        if saved_value != value and adapter.method not in unused.get(key, ()):
             raise AdapterError(f"{directory}: saved with {key}={saved_value}, but this model has {key}={value}")
 
 
 def _backbone_from_metadata(saved: dict) -> Backbone:
     if not saved.get("pretrained"):
         fields_ = {f: saved[f] for f in ("name", "family", "num_layers", "embed_dim", "attention_heads", "token_dropout")}
-        return build_random(Architecture(**fields_))  # weights are overwritten only where trained; see README
+        seed = int(saved.get("source", "").partition("seed=")[2] or 0)  # build_random's source names its seed
+        return build_random(Architecture(**fields_), seed=seed)  # weights are overwritten only where trained; see README
     return load_backbone(saved["source"] if Path(saved["source"]).exists() else saved["name"])

@@ -39,6 +39,7 @@ def test_smallest_two_sided_p_with_five_seeds_is_0_0625():
     a, b = [0.81, 0.83, 0.80, 0.86, 0.84], [0.80, 0.80, 0.75, 0.85, 0.79]
     assert wilcoxon_paired(a, b) == pytest.approx(2 / 2**5) == pytest.approx(0.0625)
     assert exact_wilcoxon_p(a, b) == pytest.approx(0.0625)
+    assert wilcoxon_paired([3, -1, 5, 7, 2, 9], [0] * 6) == pytest.approx(4 / 64)  # n=6, W- = 1
 
 
 @pytest.mark.parametrize(

@@ -106,3 +106,5 @@ __all__ = [
     "linear_adapters", "merge_adapters", "method_names", "register_method", "target_shapes",
     "unmerge_adapters",
 ]
+
+from protadapt.adapters import prompt, wegeft  # noqa: E402, F401 — each registers itself

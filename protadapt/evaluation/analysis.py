@@ -48,7 +48,8 @@ def analyse_checkpoints(checkpoints: Sequence[LayerPairs], names: Sequence[str] 
 def delta_m_delta_d(w0: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
     """ΔM = mean over rows of |‖w_i‖ − ‖w0_i‖|; ΔD = mean over rows of 1 − cos(w_i, w0_i)."""
     if w0.shape != w.shape or w0.ndim != 2:
-        raise ValueError(f"need two out x in weights of the same shape, got {tuple(w0.shape)} and {tuple(w.shape)}")
+        shapes = f"{tuple(w0.shape)} and {tuple(w.shape)}"
+        raise ValueError(f"need two out x in weights of the same shape, got {shapes}")
     magnitude0, direction0 = decompose(w0.detach().double())
     magnitude, direction = decompose(w.detach().double())
     cosine = (direction * direction0).sum(dim=1)
@@ -56,7 +57,7 @@ def delta_m_delta_d(w0: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
 
 
 def decompose(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Magnitude (one per output feature, the row norms) and unit-row direction, so weight = magnitude[:, None] * direction.
+    """Row norms (one magnitude per output feature) and unit rows: weight = magnitude[:, None] * direction.
 
     An all-zero row has no direction; its direction row is left zero.
     """
@@ -83,8 +84,10 @@ def scatter_plot(frames: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
     for ax, (method, df) in zip(axes, frames.items()):
         groups = df.groupby("checkpoint", sort=False) if "checkpoint" in df.columns else [(None, df)]
         for checkpoint, points in groups:
-            ax.scatter(points["delta_d"], points["delta_m"], s=18, label=None if checkpoint is None else str(checkpoint))
+            label = None if checkpoint is None else str(checkpoint)
+            ax.scatter(points["delta_d"], points["delta_m"], s=18, label=label)
         if "checkpoint" in df.columns:
             ax.legend(title="checkpoint", fontsize="small")
-        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δ magnitude|)", title=f"{method}: r = {correlation(df):.2f}")
+        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δ magnitude|)")
+        ax.set_title(f"{method}: r = {correlation(df):.2f}")
     return save_figure(fig, path)

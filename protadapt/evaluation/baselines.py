@@ -56,7 +56,7 @@ def composition_baseline(
     seed: int = 0,
     num_classes: int | None = None,
 ) -> np.ndarray:
-    """Linear model on amino-acid + dipeptide composition: what a model must beat to have learnt more than composition.
+    """Linear model on amino-acid + dipeptide composition: the bar a model must clear to show it learns more.
 
     Classification returns N x C probabilities (StandardScaler + LogisticRegression), with C =
     `num_classes` or the number of training classes; regression returns predictions (StandardScaler + Ridge).

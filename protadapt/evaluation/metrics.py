@@ -39,7 +39,8 @@ def compute_metrics(problem_type: str, y_true: ArrayLike, y_score: ArrayLike) ->
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=np.float64)
     if len(y_true) != len(y_score):
-        raise ValueError(f"y_true has {len(y_true)} rows but y_score has {len(y_score)}; pass one score row per example")
+        counts = f"y_true has {len(y_true)} rows but y_score has {len(y_score)}"
+        raise ValueError(f"{counts}; give one score row per example")
     if problem_type == "classification":
         return _classification_metrics(y_true.astype(np.int64), _as_probability_matrix(y_score))
     if problem_type == "regression":

@@ -53,10 +53,10 @@ def summarise(values: ArrayLike) -> tuple[float, float]:
 def wilcoxon_paired(a: ArrayLike, b: ArrayLike) -> float:
     """Two-sided paired Wilcoxon signed-rank p-value of a vs b.
 
-    Zero differences are dropped (scipy's default `zero_method="wilcox"`); scipy computes the
-    exact null distribution for small n (a sign-flip permutation test when there are ties or
-    zeros). Returns 1.0 when every difference is zero (no evidence of a difference) and NaN for
-    fewer than two pairs (no test is possible).
+    Zero differences are dropped (scipy's default `zero_method="wilcox"`). scipy's p is exact for
+    n <= 50 without ties or zeros, an exhaustive sign-flip permutation test with them up to n = 13,
+    and the normal approximation beyond. Returns 1.0 when every difference is zero (no evidence
+    of a difference) and NaN for fewer than two pairs (no test is possible).
     """
     a, b = _paired_arrays(a, b)
     if len(a) < 2:
@@ -106,5 +106,5 @@ def _paired_arrays(a: ArrayLike, b: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in length ({len(a)} vs {len(b)}); pair each run with one reference run")
+        raise ValueError(f"paired samples differ in length ({len(a)} vs {len(b)}); give one b value per a value")
     return a, b

@@ -1,0 +1,209 @@
+"""`protadapt` command line: parse → RunConfig → one library call. Errors print as one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+COMMANDS = ("fit", "predict", "evaluate", "cv", "compare", "analyze", "methods", "data", "doctor")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(message)s")
+    _quiet_libraries()
+    try:
+        return int(args.handler(args) or 0)
+    except KeyboardInterrupt:
+        print("protadapt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # every user-facing error is one line; PROTADAPT_DEBUG=1 shows the traceback
+        if os.environ.get("PROTADAPT_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"protadapt: error: {message}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protadapt", description="Adapt ESM protein language models to small prediction tasks.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    fit = commands.add_parser("fit", help="train one model; writes a run directory")
+    _add_run_options(fit)
+    fit.add_argument("--out", help="run directory (default: runs/TASK-METHOD-seedN)")
+    fit.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last checkpoint")
+    fit.set_defaults(handler=_fit)
+
+    cv = commands.add_parser("cv", help="k-fold cross-validation on the task's training split")
+    _add_run_options(cv)
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--repeats", type=int, default=1)
+    cv.add_argument("--out", help="output directory (default: runs/cv-TASK-METHOD-seedN)")
+    cv.set_defaults(handler=_cv)
+
+    predict = commands.add_parser("predict", help="predict a FASTA/CSV file with a trained run")
+    predict.add_argument("run_dir")
+    predict.add_argument("input", help="FASTA, CSV or TSV of sequences")
+    predict.add_argument("-o", "--output", help="CSV to write (default: INPUT_STEM.predictions.csv here)")
+    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
+    predict.add_argument("--quiet", action="store_true")
+    predict.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a trained run on a labelled file")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("input", help="labelled FASTA, CSV or TSV")
+    evaluate.add_argument("-o", "--output", help="also write the metrics as JSON here")
+    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.set_defaults(handler=_evaluate)
+
+    methods = commands.add_parser("methods", help="every method and its trainable-parameter count")
+    methods.add_argument("--backbone", default="esm2_t6_8M_UR50D")
+    methods.add_argument("--rank", type=int, default=8)
+    methods.add_argument("--include-ffn", action="store_true")
+    methods.set_defaults(handler=_methods)
+
+    data = commands.add_parser("data", help="list the bundled tasks or describe one")
+    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    data_commands.add_parser("list", help="the registered tasks").set_defaults(handler=_data_list)
+    info = data_commands.add_parser("info", help="counts, class balance and lengths of a task")
+    info.add_argument("task")
+    info.set_defaults(handler=_data_info)
+
+    for extension in _EXTENSIONS:
+        extension(commands)
+    return parser
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", help="bbb, thermostability, mic, or custom (with data.train_file=PATH)")
+    parser.add_argument("--method", help="bidora, dora, lora, wegeft, prompt, full or head")
+    parser.add_argument("--backbone", help="fair-esm name, .pt file, HF directory, or tiny")
+    parser.add_argument("--random-init", action="store_true", default=None,
+                        help="the backbone's architecture with random weights (offline work, tests)")
+    parser.add_argument("--config", help="YAML file of settings (see configs/)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars or info logs")
+    trainer = parser.add_argument_group("scaling out (passed to the Lightning Trainer)")
+    trainer.add_argument("--accelerator", help="cpu, gpu, mps or auto")
+    trainer.add_argument("--devices", help="number of devices, or a list such as 0,1")
+    trainer.add_argument("--strategy", help="auto, ddp, ddp_spawn, ...")
+    trainer.add_argument("--num-nodes", type=int)
+    trainer.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="any config key, e.g. optim.lr=1e-4 adapter.rank=4 data.batch_size=8")
+
+
+def run_config(args: argparse.Namespace):
+    """Defaults ← --config YAML ← flags ← KEY=VALUE overrides."""
+    from protadapt.config import load_config
+
+    flags = {"data.task": args.task, "adapter.method": args.method, "backbone": args.backbone,
+             "random_init": args.random_init, "seed": args.seed, "quiet": args.quiet,
+             "trainer.accelerator": args.accelerator, "trainer.devices": args.devices,
+             "trainer.strategy": args.strategy, "trainer.num_nodes": args.num_nodes,
+             "trainer.precision": args.precision}
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    return load_config(args.config, overrides + list(args.overrides))
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from protadapt.training.run import fit
+
+    config = run_config(args)
+    result = fit(config, args.out, resume=args.resume)
+    print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
+    return 0
+
+
+def _cv(args: argparse.Namespace) -> int:
+    from protadapt.training.run import cross_validate
+
+    config = run_config(args)
+    table = cross_validate(config, args.folds, args.repeats, args.out)
+    print(table.to_string(index=False))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from protadapt.data.io import read_sequences, write_csv_atomic
+    from protadapt.heads import ProteinPredictor
+    from protadapt.inference import predict_scores, prediction_frame
+
+    predictor, metadata = ProteinPredictor.load(args.run_dir)
+    frame = read_sequences(args.input, require_labels=False, truncate=args.truncate,
+                           max_length=predictor.backbone.max_residues)
+    scores = predict_scores(predictor, frame, args.batch_size, progress=not args.quiet)
+    output = Path(args.output or f"{Path(args.input).stem}.predictions.csv")
+    write_csv_atomic(prediction_frame(frame, scores, metadata["problem_type"], metadata["labels"]), output)
+    print(f"wrote {len(frame)} predictions to {output}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from protadapt.data.io import read_sequences
+    from protadapt.heads import ProteinPredictor
+    from protadapt.inference import evaluate_frame
+
+    predictor, metadata = ProteinPredictor.load(args.run_dir)
+    frame = read_sequences(args.input, require_labels=True, problem_type=metadata["problem_type"],
+                           max_length=predictor.backbone.max_residues)
+    metrics = evaluate_frame(predictor, frame, metadata["problem_type"], args.batch_size)
+    text = json.dumps(metrics, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    from protadapt.adapters import AdapterConfig, expected_trainable, method_names
+    from protadapt.backbones import ARCHITECTURES, hf_architecture
+
+    path = Path(args.backbone)
+    architecture = hf_architecture(path) if path.is_dir() else ARCHITECTURES.get(args.backbone)
+    if architecture is None:
+        raise ValueError(f"unknown backbone '{args.backbone}'; choose one of {', '.join(ARCHITECTURES)} or an HF directory")
+    print(f"{'method':<8} {'trainable backbone params':>26}   ({architecture.name}, rank {args.rank}"
+          f"{', attention + FFN' if args.include_ffn else ', attention q/k/v/out'}; the head adds its own)")
+    for name in method_names():
+        config = AdapterConfig(method=name, rank=args.rank, include_ffn=args.include_ffn)
+        print(f"{name:<8} {expected_trainable(architecture, config):>26,}")
+    return 0
+
+
+def _data_list(args: argparse.Namespace) -> int:
+    from protadapt.data.tasks import format_task_list
+
+    print(format_task_list())
+    return 0
+
+
+def _data_info(args: argparse.Namespace) -> int:
+    from protadapt.data.tasks import format_task_info
+
+    print(format_task_info(args.task))
+    return 0
+
+
+def _quiet_libraries() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# Commands defined in their own modules add themselves here: a callable(subparsers) -> None.
+_EXTENSIONS: list = []
+
+if __name__ == "__main__":
+    sys.exit(main())

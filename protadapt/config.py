@@ -1,0 +1,169 @@
+"""One run, one config: nested dataclasses, read from YAML, changed by `key=value` overrides.
+
+Defaults live only here. A YAML file or an override may name only keys these dataclasses have;
+anything else is a one-line error, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from protadapt.adapters import AdapterConfig
+from protadapt.heads import HeadConfig
+
+
+class ConfigError(ValueError):
+    """A one-line problem with a config file or override."""
+
+
+@dataclass
+class DataConfig:
+    task: str = "bbb"  # a registered task, or "custom" with `train_file`
+    train_file: str | None = None  # custom task: CSV/TSV/FASTA with labels
+    test_file: str | None = None  # custom task: optional held-out file
+    problem_type: str | None = None  # custom task: classification | regression (inferred if None)
+    val_fraction: float = 0.2  # inner validation split carved from train (BiDoRA's upper level)
+    identity_threshold: float | None = None  # group near-duplicates so they never straddle splits
+    truncate: bool = False  # truncate sequences longer than the backbone allows (else an error)
+    batch_size: int = 16
+    num_workers: int = 0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3  # lower level / single level; full fine-tuning wants ~1e-5
+    weight_decay: float = 0.01
+    schedule: str = "cosine"  # cosine | linear | constant, after a linear warm-up
+    warmup_fraction: float = 0.1
+    max_epochs: int = 20
+    grad_clip: float = 1.0
+    patience: int = 5  # early stopping: epochs without improvement of the monitored metric
+    monitor: str | None = None  # default: the task's primary metric on the inner validation split
+
+
+@dataclass
+class BilevelConfig:
+    """BiDoRA (methods.md): directions on inner_train, magnitudes on inner_val, then retraining."""
+
+    hypergradient: str = "darts"  # darts | first_order
+    unroll_steps: int = 1  # lower steps per upper step
+    arch_lr: float = 1e-3  # upper-level (magnitude) learning rate
+    arch_weight_decay: float = 0.0
+    orthogonality: float = 1e-5  # λ of the regulariser R (official reg_loss_d)
+    retrain: bool = True  # retrain directions + head on all training data, magnitudes fixed
+    retrain_epochs: int | None = None  # default: the epochs the search phase ran
+    retrain_lr: float | None = None  # default: optim.lr
+
+
+@dataclass
+class TrainerConfig:
+    """Passed through to `lightning.Trainer`."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    deterministic: bool = True
+    log_every_n_steps: int = 10
+
+
+@dataclass
+class RunConfig:
+    backbone: str = "esm2_t6_8M_UR50D"  # fair-esm name, .pt file, HF directory, or "tiny"
+    random_init: bool = False  # the backbone's architecture with random weights (offline work)
+    seed: int = 0
+    out: str = "runs"  # parent directory of run directories
+    quiet: bool = False
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    bilevel: BilevelConfig = field(default_factory=BilevelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict:
+        return _plain(asdict(self))
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: RunConfig | None = None) -> RunConfig:
+    """Defaults ← YAML file ← `key=value` overrides (dotted keys, e.g. `optim.lr=1e-4`)."""
+    config = base or RunConfig()
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: cannot read config ({str(error).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+        _update(config, values, str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. optim.lr=1e-4)")
+        nested: dict = {}
+        cursor = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
+        _update(config, nested, f"override '{item}'")
+    return config
+
+
+def _update(target: Any, values: dict, source: str, prefix: str = "") -> None:
+    hints = get_type_hints(type(target))
+    names = {f.name for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'; known here: {', '.join(sorted(names))}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{prefix}{key}' is a section; give it keys, e.g. {prefix}{key}.{next(iter(f.name for f in dataclasses.fields(current)))}=...")
+            _update(current, value, source, f"{prefix}{key}.")
+        else:
+            setattr(target, key, _coerce(value, hints[key], f"{source}: '{prefix}{key}'"))
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check a scalar against its annotation; ints are accepted for floats, lists for tuples."""
+    text = str(hint)
+    if value is None:
+        if "None" in text or hint is Any:
+            return None
+        raise ConfigError(f"{where} cannot be empty")
+    if hint is Any:
+        return value
+    if "tuple" in text:
+        return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    for name, kind in (("bool", bool), ("float", float), ("int", int), ("str", str)):
+        if text.startswith(name) or text == f"<class '{name}'>":
+            if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if kind is bool and not isinstance(value, bool):
+                raise ConfigError(f"{where} must be true or false, not {value!r}")
+            if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError(f"{where} must be an integer, not {value!r}")
+            if kind is str and not isinstance(value, str):
+                return str(value)
+            return value
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,383 @@
+"""Registry of benchmark tasks: where their data lives, how to fetch it, and how to score them.
+
+Data directory: the ``data_dir`` argument, else ``$PROTADAPT_DATA_DIR``, else
+``~/.cache/protadapt/data``; a task's canonical file is ``<dir>/<task>/<task>.csv`` with columns
+id, sequence, label, split (+ extras). When it is missing, a task that knows its published raw
+files downloads them into ``<dir>/<task>/raw/``, checks their sha256 and converts them; the
+others raise a one-line `DataError` saying where the file was looked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from protadapt.data.io import DataError, read_sequences, write_bytes_atomic, write_csv_atomic
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "PROTADAPT_DATA_DIR"
+SPLITS = ("train", "test")
+CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "mcc", "auroc")
+REGRESSION_METRICS = ("mse", "rmse", "mae", "pearson", "spearman", "r2")
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class RawFile:
+    """One file exactly as published, pinned by commit in its URL and by sha256."""
+
+    name: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark: its data file, problem type, metrics and the published files behind it."""
+
+    name: str
+    problem_type: str
+    num_classes: int  # 2 for binary classification, 1 for regression
+    metrics: tuple[str, ...]
+    primary_metric: str
+    description: str
+    file_name: str
+    source: str = ""  # repository (at a pinned commit) the raw files come from
+    raw_files: tuple[RawFile, ...] = ()
+    convert: Callable[[Path], pd.DataFrame] | None = field(default=None, repr=False)  # raw dir -> canonical
+    conflicts: str = "error"  # io.read_sequences policy for identical sequences with different labels
+
+    def path(self, data_dir: str | os.PathLike | None = None) -> Path:
+        return resolve_data_dir(data_dir) / self.name / self.file_name
+
+    def load(self, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+        """Columns id, sequence, label, split (+ the task's extras); downloads when possible."""
+        path = self.path(data_dir)
+        if not path.exists():
+            download(self, path)
+        frame = read_sequences(path, problem_type=self.problem_type, require_labels=True, conflicts=self.conflicts)
+        _check_split_column(frame, path)
+        return frame
+
+
+@dataclass(frozen=True)
+class CustomTask:
+    """A user's own labelled file (plus an optional test file), loaded like a registered task."""
+
+    name: str
+    problem_type: str
+    num_classes: int
+    metrics: tuple[str, ...]
+    primary_metric: str
+    description: str
+    train_path: Path
+    test_path: Path | None = None
+    read_kwargs: dict = field(default_factory=dict, compare=False)
+
+    def load(self, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+        """Same shape as `Task.load`; ``data_dir`` is ignored (the paths are explicit)."""
+        kwargs = {**self.read_kwargs, "problem_type": self.problem_type, "require_labels": True}
+        frame = read_sequences(self.train_path, **kwargs)
+        if self.test_path is None:
+            if "split" not in frame:
+                frame["split"] = "train"
+            _check_split_column(frame, self.train_path)
+            return frame
+        if "split" in frame:
+            raise DataError(
+                f"{self.train_path.name}: has a 'split' column and a test file was also given; use one or the other"
+            )
+        test = read_sequences(self.test_path, **{**kwargs, "min_class_count": 1})
+        frame = pd.concat([frame.assign(split="train"), test.assign(split="test")], ignore_index=True)
+        repeated = frame["id"][frame["id"].duplicated()]
+        if len(repeated):
+            raise DataError(
+                f"{self.test_path.name}: id {repeated.iloc[0]!r} is also used in {self.train_path.name}; make ids unique"
+            )
+        frame.attrs = {"source": str(self.train_path), "problem_type": self.problem_type}
+        return frame
+
+
+def custom_task(
+    path: str | os.PathLike,
+    problem_type: str | None = None,
+    test_path: str | os.PathLike | None = None,
+    **read_kwargs,
+) -> CustomTask:
+    """Describe a user's file as a task; the problem type is inferred from its labels if not given."""
+    path = Path(path)
+    read_kwargs.pop("require_labels", None)
+    probe = read_sequences(path, problem_type=problem_type, require_labels=True, **read_kwargs)
+    problem_type = probe.attrs["problem_type"]
+    train_labels = probe["label"][probe["split"] == "train"] if "split" in probe else probe["label"]
+    num_classes = 1
+    if problem_type == "classification":
+        classes = sorted(int(label) for label in train_labels.unique())
+        if classes != list(range(len(classes))) or len(classes) < 2:
+            raise DataError(
+                f"{path.name}: classification labels must be 0..K-1 with K >= 2, every class in train; "
+                f"found {classes}; renumber them"
+            )
+        num_classes = len(classes)
+    metrics = CLASSIFICATION_METRICS if problem_type == "classification" else REGRESSION_METRICS
+    return CustomTask(
+        name=path.stem,
+        problem_type=problem_type,
+        num_classes=num_classes,
+        metrics=metrics,
+        primary_metric="accuracy" if problem_type == "classification" else "mse",
+        description=f"user data from {path}",
+        train_path=path,
+        test_path=None if test_path is None else Path(test_path),
+        read_kwargs=read_kwargs,
+    )
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name``, with a one-line error listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise DataError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """Argument, else $PROTADAPT_DATA_DIR, else ~/.cache/protadapt/data."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+    return Path.home() / ".cache" / "protadapt" / "data"
+
+
+def download(task: Task, path: Path) -> Path:
+    """Fetch the task's raw files (sha256-checked) into ``path.parent/raw`` and write ``path``."""
+    if task.convert is None:
+        raise DataError(
+            f"{task.name}: {path} not found and this task has no automatic download; set "
+            f"{DATA_DIR_ENV} to a folder holding {task.name}/{task.file_name} (raw files: {task.source})"
+        )
+    raw_dir = path.parent / "raw"
+    for raw in task.raw_files:
+        target = raw_dir / raw.name
+        if target.exists() and _sha256(target.read_bytes()) == raw.sha256:
+            continue
+        logger.info("%s: downloading %s", task.name, raw.url)
+        data = fetch_url(raw.url, task, path)
+        if _sha256(data) != raw.sha256:
+            raise DataError(
+                f"{task.name}: {raw.url} has sha256 {_sha256(data)[:16]}..., expected {raw.sha256[:16]}...; "
+                f"the source changed, so nothing was written; set {DATA_DIR_ENV} to a checked copy"
+            )
+        write_bytes_atomic(data, target)
+    write_csv_atomic(task.convert(raw_dir), path)
+    logger.info("%s: wrote %s", task.name, path)
+    return path
+
+
+def fetch_url(url: str, task: Task, path: Path) -> bytes:
+    """The bytes at ``url``; the single place that touches the network (tests replace it)."""
+    try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise DataError(
+            f"{task.name}: {path} not found and downloading {url} failed ({reason}); if offline, set "
+            f"{DATA_DIR_ENV} to a folder holding {task.name}/{task.file_name}"
+        ) from None
+
+
+def describe(task_or_df: Task | CustomTask | pd.DataFrame, data_dir: str | os.PathLike | None = None) -> str:
+    """Counts per split, class balance or label statistics, and the length distribution."""
+    frame = task_or_df if isinstance(task_or_df, pd.DataFrame) else task_or_df.load(data_dir)
+    problem_type = getattr(task_or_df, "problem_type", None) or frame.attrs.get("problem_type")
+    if problem_type is None and frame["label"].notna().any():
+        problem_type = "classification" if pd.api.types.is_integer_dtype(frame["label"]) else "regression"
+    parts = [(name, frame[frame["split"] == name]) for name in SPLITS] if "split" in frame else []
+    parts = [(name, part) for name, part in parts if len(part)] + [("all", frame)]
+    rows = [["split", "n", "labels", "length min/median/mean/max"]]
+    for name, part in parts:
+        lengths = part["sequence"].str.len()
+        length_text = f"{lengths.min()} / {lengths.median():g} / {lengths.mean():.1f} / {lengths.max()}"
+        rows.append([name, str(len(part)), _label_summary(part["label"], problem_type), length_text])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def format_task_list(data_dir: str | os.PathLike | None = None) -> str:
+    """Text for `protadapt data list`: one line per task and where its data is expected."""
+    rows = [["task", "type", "primary metric", "data", "description"]]
+    for task in TASKS.values():
+        if task.path(data_dir).exists():
+            status = "present"
+        else:
+            status = "downloadable" if task.convert is not None else "missing"
+        rows.append([task.name, task.problem_type, task.primary_metric, status, task.description])
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"data directory: {resolve_data_dir(data_dir)} (set {DATA_DIR_ENV} to change it)")
+    return "\n".join(lines)
+
+
+def format_task_info(name: str, data_dir: str | os.PathLike | None = None) -> str:
+    """Text for `protadapt data info NAME`: the task's card and `describe` of its data.
+
+    ``name`` may also be a path to a labelled FASTA/CSV/TSV file.
+    """
+    task = custom_task(name) if name not in TASKS and Path(name).is_file() else get_task(name)
+    lines = [
+        f"{task.name}: {task.description}",
+        f"problem type: {task.problem_type} ({task.num_classes} {'classes' if task.num_classes > 1 else 'output'})",
+        f"metrics: {', '.join(task.metrics)} (primary: {task.primary_metric})",
+    ]
+    if isinstance(task, Task):
+        lines.append(f"file: {task.path(data_dir)}")
+        lines.append(f"source: {task.source}")
+        lines.extend(f"  {raw.name}  sha256 {raw.sha256[:16]}..." for raw in task.raw_files)
+    try:
+        lines.append(describe(task, data_dir))
+    except DataError as error:
+        lines.append(f"data: not available ({error})")
+    return "\n".join(lines)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _check_split_column(frame: pd.DataFrame, path: Path) -> None:
+    if "split" not in frame:
+        raise DataError(f"{path.name} line 1: no 'split' column; add one with values train/test")
+    unknown = ~frame["split"].isin(SPLITS)
+    if unknown.any():
+        row = int(np.argmax(unknown.to_numpy()))
+        raise DataError(
+            f"{path.name} (id {frame['id'].iloc[row]!r}): split {frame['split'].iloc[row]!r} is not one of "
+            f"{', '.join(SPLITS)}; fix the split column"
+        )
+    if not (frame["split"] == "train").any():
+        raise DataError(f"{path.name}: no row has split 'train'; a task needs training data")
+
+
+def _label_summary(labels: pd.Series, problem_type: str | None) -> str:
+    labels = labels.dropna()
+    if labels.empty:
+        return "none"
+    if problem_type == "classification":
+        counts = labels.astype(int).value_counts().sort_index()
+        return ", ".join(f"{label}: {count} ({count / len(labels):.0%})" for label, count in counts.items())
+    return (
+        f"mean {labels.mean():.3g} sd {labels.std():.3g} "
+        f"min {labels.min():.3g} median {labels.median():.3g} max {labels.max():.3g}"
+    )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _github_raw(repository: str, commit: str, path: str) -> str:
+    return f"https://raw.githubusercontent.com/{repository}/{commit}/{urllib.parse.quote(path)}"
+
+
+def _github_tree(repository: str, commit: str, folder: str) -> str:
+    return f"https://github.com/{repository}/tree/{commit}/{urllib.parse.quote(folder)}"
+
+
+def _convert_bbb(raw_dir: Path) -> pd.DataFrame:
+    """BBPpred xlsx pair (sequence, label columns) -> canonical CSV with ids bbp_<split>_<row>."""
+    parts = []
+    for split, name in (("train", "BBP_train.xlsx"), ("test", "BBP_test.xlsx")):
+        sheet = pd.read_excel(raw_dir / name, engine="openpyxl")
+        parts.append(pd.DataFrame({"sequence": sheet["sequence"].astype(str), "label": sheet["label"].astype(int), "split": split}))
+    frame = pd.concat(parts, ignore_index=True)
+    frame.insert(0, "id", [f"bbp_{split}_{row:03d}" for row, split in enumerate(frame["split"])])
+    return frame
+
+
+_BBB_REPO = ("dzjxzyd/UniDL4BioPep", "d595145e27fd48386328710a93bb296378ed2717")
+_HOTPROTEIN_REPO = ("Oh-myungsok/hotprotein-app", "78b25bff7453d998d0f8ab01de3f0c378ccb1281")
+_GRAMPA_REPO = ("zswitten/Antimicrobial-Peptides", "a6819dcd671291af8013627a2d2fbc32858346bc")
+_HOTPROTEIN_SHA256 = {
+    "d1_fasta_clean.tar": "46ee9d7f91ea273fb32530aa71e3a492b6b43c3110640df36cd89a116037d4c1",
+    "d1_0_classification.pkl": "4e365beb680955a82d79cf122ac4bdfd27a70bfd62ea8bbb7b5b7f26624c2c7d",
+    "d1_1_classification.pkl": "e329937f328857240f5e8b62ad0b91f91d5cf952e354b52c705bbd5d5f74e25f",
+    "d1_2_classification.pkl": "9f5310dc659a11461c7cda82bf1ef875dd510c2249f8d564884260e342b15045",
+    "d1_3_classification.pkl": "b010911eddee020dc87fd0aef91ea07e4a314327d5890be56666771814112030",
+    "d1_4_classification.pkl": "5807e944816c15181703130ff2889cdf2c5b111d65077e6c63f81ec68570e5d3",
+    "d1_5_classification.pkl": "b266ce493c35054a2a0b6635a3321f88db812914548ac6ae28b7eb537df23b9b",
+    "d1_6_classification.pkl": "bbc05da3669aeb2d597188fc4c8b6b4ca3f86b78520abb52b1d13f7416f23114",
+    "d1_7_classification.pkl": "08c2cc3541b27874b54ed26ea8f6a5f764b773e2033e0394c123c8d15e82745d",
+    "d1_8_classification.pkl": "d9575f11eee41c63da6d57c550a31b162434bb6022c4b0086df8333d5c7771a3",
+    "d1_9_classification.pkl": "6471ad5ab1696a439d7bbd49fb5caf213d584df6caffb625654c857f17757c92",
+    "d1_1.pkl": "ae30f3249cbcbc776f949ba9aee753c2abd34ac0b9761acf76e48346a6ee1013",  # growth temperatures
+}
+
+TASKS: dict[str, Task] = {
+    "bbb": Task(
+        name="bbb",
+        problem_type="classification",
+        num_classes=2,
+        metrics=CLASSIFICATION_METRICS,
+        primary_metric="accuracy",
+        description="blood-brain-barrier penetrating peptides, 1 = penetrates (BBPpred, Dai et al. 2021)",
+        file_name="bbb.csv",
+        source=_github_tree(*_BBB_REPO, "11. BBP Blood-Brain Barrier Peptides"),
+        raw_files=tuple(
+            RawFile(name, _github_raw(*_BBB_REPO, f"11. BBP Blood-Brain Barrier Peptides/{name}"), sha256)
+            for name, sha256 in (
+                ("BBP_train.xlsx", "39014f730d0772bf19a2773383eb9e92194d5a31ec2f940c432b23b863642260"),
+                ("BBP_test.xlsx", "8508279491f08a7d869ed157b41e309eacf609f2efd877b06d95c9463b9cca49"),
+            )
+        ),
+        convert=_convert_bbb,
+        conflicts="drop",  # AGCKNFFWKTFTSC is in train as both 0 and 1; both copies go, with a warning
+    ),
+    "thermostability": Task(
+        name="thermostability",
+        problem_type="classification",
+        num_classes=2,
+        metrics=CLASSIFICATION_METRICS,
+        primary_metric="accuracy",
+        description="protein from an organism growing at >= 75 C, 1 = hot (HotProtein HP-S2C2, Chen et al. 2023)",
+        file_name="thermostability.csv",
+        source=_github_tree(*_HOTPROTEIN_REPO, "s2c2"),
+        raw_files=tuple(
+            RawFile(name, _github_raw(*_HOTPROTEIN_REPO, f"s2c2/{name}"), sha256)
+            for name, sha256 in _HOTPROTEIN_SHA256.items()
+        ),
+    ),
+    "mic": Task(
+        name="mic",
+        problem_type="regression",
+        num_classes=1,
+        metrics=REGRESSION_METRICS,
+        primary_metric="mse",
+        description="log10 MIC (uM) of antimicrobial peptides against E. coli (GRAMPA, Witten & Witten 2019)",
+        file_name="mic.csv",
+        source=_github_tree(*_GRAMPA_REPO, "models/Saved_variables"),
+        raw_files=(
+            RawFile(
+                "ecoli_train_with_c_df.pkl",
+                _github_raw(*_GRAMPA_REPO, "models/Saved_variables/ecoli_train_with_c_df.pkl"),
+                "9be08862e5c82c2dacc15c7793456de17d9183676846614d06bbeeecef1756b2",
+            ),
+            RawFile(
+                "ecoli_test_df.pkl",
+                _github_raw(*_GRAMPA_REPO, "models/Saved_variables/ecoli_test_df.pkl"),
+                "918c51f7c60ce76773db28783d011b860ac1b2e6d8650d26ef1d2e7b68b1b9a0",
+            ),
+        ),
+    ),
+}

@@ -1,0 +1,68 @@
+"""Predictions from a trained predictor: merged adapters, inference mode, length-bucketed batches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from protadapt.adapters import merge_adapters, unmerge_adapters
+from protadapt.data.datamodule import make_loader
+from protadapt.evaluation.metrics import compute_metrics
+from protadapt.heads import ProteinPredictor
+from protadapt.training.module import scores as output_scores
+
+
+def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: int = 32,
+                   progress: bool = False) -> np.ndarray:
+    """Class probabilities `[N, C]` or values `[N]`, in the row order of `frame`."""
+    problem_type = predictor.head_config.problem_type
+    loader = make_loader(frame.reset_index(drop=True), predictor.backbone.alphabet, batch_size=batch_size,
+                         shuffle=False, seed=0, problem_type=problem_type)
+    device = next(predictor.parameters()).device
+    was_training = predictor.training
+    predictor.eval()
+    merge_adapters(predictor)
+    results: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.inference_mode():
+            for batch in _progress(loader, progress):
+                output = output_scores(problem_type, predictor(batch["tokens"].to(device)))
+                results.append((batch["index"], output.cpu()))
+    finally:
+        unmerge_adapters(predictor)
+        predictor.train(was_training)
+    index = torch.cat([r[0] for r in results]).numpy()
+    values = torch.cat([r[1] for r in results]).numpy()
+    ordered = np.empty_like(values)
+    ordered[index] = values
+    return ordered
+
+
+def evaluate_frame(predictor: ProteinPredictor, frame: pd.DataFrame, problem_type: str, batch_size: int = 32,
+                   scores: np.ndarray | None = None) -> dict[str, float]:
+    scores = predict_scores(predictor, frame, batch_size) if scores is None else scores
+    metrics = compute_metrics(problem_type, frame["label"].to_numpy(), scores)
+    return {k: float(v) for k, v in metrics.items()} | {"n": int(len(frame))}
+
+
+def prediction_frame(frame: pd.DataFrame, scores: np.ndarray, problem_type: str, labels: list) -> pd.DataFrame:
+    """One row per record: id, prediction, class probabilities (or the value), and the label if known."""
+    out = pd.DataFrame({"id": frame["id"].to_numpy()})
+    if problem_type == "classification":
+        out["prediction"] = [labels[i] for i in scores.argmax(1)]
+        for column, label in enumerate(labels):
+            out[f"prob_{label}"] = scores[:, column].round(6)
+    else:
+        out["prediction"] = scores.round(6)
+    if "label" in frame and frame["label"].notna().all():
+        out["label"] = frame["label"].to_numpy()
+    return out
+
+
+def _progress(loader, enabled: bool):
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc="predicting", unit="batch")

@@ -1,0 +1,167 @@
+"""BiDoRA: DoRA trained by bi-level optimisation (methods.md), as a manual-optimisation module.
+
+Lower level: directions V = {A, B} and the head minimise L_tr(V, M) + λ·R(V) on `inner_train`,
+magnitudes M fixed. Upper level: M minimises L_val(V*(M), M) on `inner_val` through the DARTS
+hypergradient (or its first-order variant). Each level has its own AdamW and schedule. Gradients
+come from `torch.autograd.grad` over explicit parameter lists — no optimiser toggling, which
+would freeze the very directions the hypergradient differentiates through — and are averaged
+across processes by hand, so magnitudes and directions stay identical on every DDP rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from protadapt.adapters import linear_adapters
+from protadapt.config import BilevelConfig, OptimConfig
+from protadapt.heads import ProteinPredictor
+from protadapt.training.module import AdapterModule, decay_groups, warmup_schedule
+
+Loss = Callable[[], torch.Tensor]
+
+
+class BiDoRAModule(AdapterModule):
+    """The search phase. Batches are `{"inner_train": batch, "inner_val": batch}`."""
+
+    def __init__(self, predictor: ProteinPredictor, optim: OptimConfig, bilevel: BilevelConfig):
+        super().__init__(predictor, optim)
+        if not predictor.magnitude_parameters():
+            raise ValueError("BiDoRA needs DoRA layers (method 'bidora'); this model has no magnitudes")
+        if bilevel.hypergradient not in ("darts", "first_order"):
+            raise ValueError(f"unknown hypergradient '{bilevel.hypergradient}'; choose darts or first_order")
+        self.bilevel = bilevel
+        self.automatic_optimization = False
+
+    def configure_optimizers(self):
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        lower = torch.optim.AdamW(decay_groups(self.predictor.direction_parameters(), self.optim.weight_decay),
+                                  lr=self.optim.lr)
+        upper = torch.optim.AdamW(self.predictor.magnitude_parameters(), lr=self.bilevel.arch_lr,
+                                  weight_decay=self.bilevel.arch_weight_decay)
+        upper_steps = max(1, total // self.bilevel.unroll_steps)
+        return [lower, upper], [warmup_schedule(lower, self.optim, total), warmup_schedule(upper, self.optim, upper_steps)]
+
+    def lower_objective(self, batch: dict) -> torch.Tensor:
+        """L_tr + λ·R: task loss on inner_train plus the orthogonality regulariser."""
+        loss = self.loss(self(batch["tokens"]), batch["labels"])
+        if self.bilevel.orthogonality:
+            loss = loss + self.bilevel.orthogonality * self.predictor.orthogonality_penalty()
+        return loss
+
+    def upper_objective(self, batch: dict) -> torch.Tensor:
+        return self.loss(self(batch["tokens"]), batch["labels"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        lower_opt, upper_opt = self.optimizers()
+        lower_schedule, upper_schedule = self.lr_schedulers()
+        directions = self.predictor.direction_parameters()
+        magnitudes = self.predictor.magnitude_parameters()
+        inner_train, inner_val = batch["inner_train"], batch["inner_val"]
+
+        lower_loss = self.lower_objective(inner_train)
+        self._step(lower_opt, directions, torch.autograd.grad(lower_loss, directions))
+        lower_schedule.step()
+        logs = {"lower_loss": lower_loss.detach()}
+
+        if (batch_idx + 1) % self.bilevel.unroll_steps == 0:
+            upper_loss: Loss = lambda: self.upper_objective(inner_val)  # noqa: E731
+            if self.bilevel.hypergradient == "darts":
+                xi = lower_opt.param_groups[0]["lr"]
+                hyper = darts_hypergradient(lambda: self.lower_objective(inner_train), upper_loss,
+                                            directions, magnitudes, xi)
+            else:
+                hyper = first_order_hypergradient(upper_loss, magnitudes)
+            self._step(upper_opt, magnitudes, hyper)
+            upper_schedule.step()
+        self.log_dict(logs, prog_bar=True, batch_size=len(inner_train["tokens"]))
+
+    def _step(self, optimizer, parameters: list[nn.Parameter], grads: list[torch.Tensor]) -> None:
+        for parameter, grad in zip(parameters, grads):
+            parameter.grad = average_across_processes(grad.detach())
+        self.clip_gradients(optimizer, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def darts_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.Parameter],
+                        magnitudes: list[nn.Parameter], xi: float) -> list[torch.Tensor]:
+    """∇_M L_val(V′, M) − ξ·[∇_M L_tr(V⁺, M) − ∇_M L_tr(V⁻, M)] / 2ε, with V′ = V − ξ∇_V L_tr,
+    V± = V ± ε·∇_V′ L_val and ε = 0.01 / ‖∇_V′ L_val‖ (DARTS, Liu et al. 2019, eq. 7–8).
+
+    All three lower-loss evaluations see the same random numbers (dropout), so the finite
+    difference measures the change of V alone. The directions are restored on return.
+    """
+    original = [d.detach().clone() for d in directions]
+    noise_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    try:
+        with same_noise(noise_seed):
+            train_grads = torch.autograd.grad(lower_loss(), directions)
+        _assign(directions, [o - xi * g for o, g in zip(original, train_grads)])  # V′
+
+        val_grads = torch.autograd.grad(upper_loss(), magnitudes + directions, allow_unused=True)
+        magnitude_grads = _zeros_for_none(val_grads[: len(magnitudes)], magnitudes)
+        direction_grads = _zeros_for_none(val_grads[len(magnitudes):], directions)
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in direction_grads))
+        if norm == 0:
+            return magnitude_grads
+        eps = 0.01 / norm
+
+        _assign(directions, [o + eps * g for o, g in zip(original, direction_grads)])  # V⁺
+        with same_noise(noise_seed):
+            plus = torch.autograd.grad(lower_loss(), magnitudes)
+        _assign(directions, [o - eps * g for o, g in zip(original, direction_grads)])  # V⁻
+        with same_noise(noise_seed):
+            minus = torch.autograd.grad(lower_loss(), magnitudes)
+    finally:
+        _assign(directions, original)
+    return [gm - xi * (p - m) / (2 * eps) for gm, p, m in zip(magnitude_grads, plus, minus)]
+
+
+def first_order_hypergradient(upper_loss: Loss, magnitudes: list[nn.Parameter]) -> list[torch.Tensor]:
+    """ξ = 0: the magnitudes follow the validation gradient with directions held fixed."""
+    return list(torch.autograd.grad(upper_loss(), magnitudes))
+
+
+def reset_for_retraining(predictor: ProteinPredictor, seed: int) -> None:
+    """BiDoRA's retrain phase: directions and head back to their initial state, magnitudes frozen."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for layer in linear_adapters(predictor).values():
+            nn.init.kaiming_uniform_(layer.down, a=5 ** 0.5)
+            nn.init.zeros_(layer.up)
+            for magnitude in getattr(layer, "magnitude_parameters", list)():
+                magnitude.requires_grad_(False)
+        for module in predictor.head.modules():
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
+
+
+def average_across_processes(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor
+
+
+@contextlib.contextmanager
+def same_noise(seed: int) -> Iterator[None]:
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@torch.no_grad()
+def _assign(parameters: list[nn.Parameter], values: list[torch.Tensor]) -> None:
+    for parameter, value in zip(parameters, values):
+        parameter.copy_(value)
+
+
+def _zeros_for_none(grads, parameters) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, parameters)]
