@@ -14,7 +14,11 @@ COMMANDS = ("fit", "predict", "evaluate", "cv", "compare", "analyze", "methods",
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may follow options (`--out DIR optim.lr=1e-4`); argparse stops at the first
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -80,6 +84,29 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("task")
     info.set_defaults(handler=_data_info)
 
+    doctor = commands.add_parser("doctor", help="versions, devices, where weights and data are looked for")
+    doctor.set_defaults(handler=_doctor)
+
+    compare = commands.add_parser("compare", help="methods × tasks × seeds with baselines and paired statistics")
+    compare.add_argument("--tasks", default="bbb,thermostability,mic", help="comma-separated tasks")
+    compare.add_argument("--methods", default="full,lora,dora,bidora", help="comma-separated methods")
+    compare.add_argument("--seeds", default="0-4", help="a range (0-4) or list (0,1,2)")
+    compare.add_argument("--backbone", help="fair-esm name, .pt file, HF directory, or tiny")
+    compare.add_argument("--random-init", action="store_true", default=None, help="random weights (offline work)")
+    compare.add_argument("--cv", type=int, help="K folds of each training split per seed (default: the task's test split)")
+    compare.add_argument("--max-train", help="fixed training subsample per task, e.g. thermostability=400,mic=800")
+    compare.add_argument("--reference", default="bidora", help="method the paired tests compare against")
+    compare.add_argument("--config", help="YAML file of settings for every cell")
+    compare.add_argument("--out", default="runs/compare", help="output directory (cells/, comparison.csv, .md)")
+    compare.add_argument("--quiet", action="store_true", default=None)
+    compare.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every cell")
+    compare.set_defaults(handler=_compare)
+
+    analyze = commands.add_parser("analyze", help="ΔM–ΔD weight-decomposition analysis of trained runs")
+    analyze.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
+    analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
+    analyze.set_defaults(handler=_analyze)
+
     for extension in _EXTENSIONS:
         extension(commands)
     return parser
@@ -122,7 +149,8 @@ def _fit(args: argparse.Namespace) -> int:
 
     config = run_config(args)
     result = fit(config, args.out, resume=args.resume)
-    print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
+    if result.is_global_zero:  # under DDP the other ranks trained too, but report nothing
+        print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
     return 0
 
 
@@ -131,7 +159,42 @@ def _cv(args: argparse.Namespace) -> int:
 
     config = run_config(args)
     table = cross_validate(config, args.folds, args.repeats, args.out)
-    print(table.to_string(index=False))
+    if not table.empty:  # empty on DDP ranks other than 0
+        print(table.to_string(index=False))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import time
+
+    from protadapt.compare import Grid, parse_max_train, parse_seeds, run_comparison
+    from protadapt.config import load_config
+    from protadapt.report import comparison_markdown
+
+    started = time.perf_counter()
+    flags = {"backbone": args.backbone, "random_init": args.random_init, "quiet": args.quiet}
+    base = load_config(args.config, [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides))
+    grid = Grid(tasks=args.tasks.split(","), methods=args.methods.split(","), seeds=parse_seeds(args.seeds),
+                cv=args.cv, max_train=parse_max_train(args.max_train))
+    table = run_comparison(base, grid, args.out)
+    options = {"--tasks": args.tasks, "--methods": args.methods, "--seeds": args.seeds, "--backbone": args.backbone,
+               "--cv": args.cv, "--max-train": args.max_train, "--reference": args.reference, "--config": args.config,
+               "--out": args.out}
+    command = " ".join(["protadapt compare", *(f"{k} {v}" for k, v in options.items() if v is not None),
+                        *(["--random-init"] if args.random_init else []), *args.overrides])
+    report = comparison_markdown(table, reference=args.reference, command=command,
+                                 wall_time_s=time.perf_counter() - started)
+    (Path(args.out) / "comparison.md").write_text(report)
+    print(report)
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from protadapt.analyze import analyse_runs
+
+    correlations = analyse_runs(args.run_dirs, args.out)
+    print(correlations.to_string(index=False))
+    print(f"wrote {args.out}/delta_m_delta_d.csv, correlations.csv and delta_m_delta_d.png")
     return 0
 
 
@@ -156,7 +219,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from protadapt.inference import evaluate_frame
 
     predictor, metadata = ProteinPredictor.load(args.run_dir)
-    frame = read_sequences(args.input, require_labels=True, problem_type=metadata["problem_type"],
+    frame = read_sequences(args.input, require_labels=True, problem_type=metadata["problem_type"], min_class_count=1,
                            max_length=predictor.backbone.max_residues)
     metrics = evaluate_frame(predictor, frame, metadata["problem_type"], args.batch_size)
     text = json.dumps(metrics, indent=2)
@@ -193,6 +256,13 @@ def _data_info(args: argparse.Namespace) -> int:
     from protadapt.data.tasks import format_task_info
 
     print(format_task_info(args.task))
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from protadapt.doctor import report
+
+    print(report())
     return 0
 
 

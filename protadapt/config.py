@@ -71,6 +71,7 @@ class TrainerConfig:
     precision: str = "32-true"
     deterministic: bool = True
     log_every_n_steps: int = 10
+    logger: str = "csv"  # csv | tensorboard | csv,tensorboard | none (files under RUN_DIR/logs/)
 
 
 @dataclass
@@ -151,6 +152,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if text.startswith(name) or text == f"<class '{name}'>":
             if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
+            if kind is float:  # YAML 1.1 reads 1e-4 (no dot) as a string
+                number = _parse_float(value)
+                if number is None:
+                    raise ConfigError(f"{where} must be a number, not {value!r}")
+                return number
             if kind is bool and not isinstance(value, bool):
                 raise ConfigError(f"{where} must be true or false, not {value!r}")
             if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
@@ -159,6 +165,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                 return str(value)
             return value
     return value
+
+
+def _parse_float(value: Any) -> float | None:
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _plain(value: Any) -> Any:

@@ -6,31 +6,42 @@ import numpy as np
 import pandas as pd
 import torch
 
-from protadapt.adapters import merge_adapters, unmerge_adapters
+from protadapt.adapters import linear_adapters, merge_adapters, unmerge_adapters
 from protadapt.data.datamodule import make_loader
 from protadapt.evaluation.metrics import compute_metrics
 from protadapt.heads import ProteinPredictor
 from protadapt.training.module import scores as output_scores
 
 
+AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: int = 32,
-                   progress: bool = False) -> np.ndarray:
-    """Class probabilities `[N, C]` or values `[N]`, in the row order of `frame`."""
+                   progress: bool = False, precision: str = "32") -> np.ndarray:
+    """Class probabilities `[N, C]` or values `[N]`, in the row order of `frame`.
+
+    `precision` "bf16" / "fp16" runs the forward under CUDA autocast; on CPU it is ignored.
+    """
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(AUTOCAST_DTYPES)}")
     problem_type = predictor.head_config.problem_type
     loader = make_loader(frame.reset_index(drop=True), predictor.backbone.alphabet, batch_size=batch_size,
                          shuffle=False, seed=0, problem_type=problem_type)
     device = next(predictor.parameters()).device
+    autocast_dtype = AUTOCAST_DTYPES[precision] if device.type == "cuda" else None
     was_training = predictor.training
     predictor.eval()
+    frozen = exact_base_weights(predictor)
     merge_adapters(predictor)
     results: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
             for batch in _progress(loader, progress):
                 output = output_scores(problem_type, predictor(batch["tokens"].to(device)))
                 results.append((batch["index"], output.cpu()))
     finally:
         unmerge_adapters(predictor)
+        restore_base_weights(frozen)
         predictor.train(was_training)
     index = torch.cat([r[0] for r in results]).numpy()
     values = torch.cat([r[1] for r in results]).numpy()
@@ -58,6 +69,23 @@ def prediction_frame(frame: pd.DataFrame, scores: np.ndarray, problem_type: str,
     if "label" in frame and frame["label"].notna().all():
         out["label"] = frame["label"].to_numpy()
     return out
+
+
+def exact_base_weights(predictor: ProteinPredictor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copies (on CPU) of the frozen weights that merging rewrites in place.
+
+    Unmerging is exact only up to float rounding, so without this every predict call would drift
+    W0 a little: a later prediction in the same process (fit's test set after its validation set)
+    would then differ from `protadapt predict` on the saved run.
+    """
+    return [(layer.base_layer.weight, layer.base_layer.weight.detach().to("cpu", copy=True))
+            for layer in linear_adapters(predictor).values()]
+
+
+@torch.no_grad()
+def restore_base_weights(frozen: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for weight, copy in frozen:
+        weight.copy_(copy)
 
 
 def _progress(loader, enabled: bool):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import esm
@@ -27,6 +28,15 @@ HF_CONFIG_8M = Path(__file__).resolve().parents[2] / "shared" / "models" / "esm2
 HF_CONFIG_35M = HF_CONFIG_8M.parent / "esm2_t12_35M_UR50D_hf_config"
 ESM1B_TINY = Architecture("t", "esm1b", 2, 32, 4, False)
 MASK = 32  # <mask> in the ESM alphabet
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: threads add nothing, and cost a lot when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +293,7 @@ def test_random_init_from_an_hf_config_dir_builds_that_architecture(config_dir, 
 
 
 @pytest.fixture
-def offline_dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+def offline_dirs(tmp_path, monkeypatch) -> Iterator[tuple[Path, Path, list]]:
     """Empty model dir and torch hub dir, and a download that fails instead of touching the network."""
     model_dir, hub_dir = tmp_path / "models", tmp_path / "torch_home" / "hub"
     model_dir.mkdir()

@@ -8,6 +8,11 @@ LongTensor[B] (row positions in the DataFrame the loader was built from) and ``i
 Training loaders shuffle, then sort by length inside chunks of 16 batches and shuffle the batch
 order (seeded by seed and epoch), so batches carry little padding but still vary. Evaluation
 loaders go through the rows shortest first; ``index`` (or `restore_order`) maps results back.
+
+Under DDP (`distributed=True`, used by every loader the DataModule hands to the Trainer) each
+process takes its own share: training batches are dealt round-robin from the one seeded order
+all ranks compute, evaluation rows are strided over ranks, and every rank gets the same number
+of batches, so no collective waits on a rank that has run out.
 """
 
 from __future__ import annotations
@@ -107,7 +112,8 @@ class ProteinDataModule(lightning.LightningDataModule):
 
     def _loader(self, frame: pd.DataFrame, shuffle: bool, stream: int) -> DataLoader:
         seed = int(np.random.SeedSequence([self.seed, stream]).generate_state(1)[0])
-        return make_loader(frame, self.alphabet, self.batch_size, shuffle, seed, self.problem_type, self.num_workers)
+        return make_loader(frame, self.alphabet, self.batch_size, shuffle, seed, self.problem_type, self.num_workers,
+                           distributed=True)
 
 
 def make_loader(
@@ -118,11 +124,18 @@ def make_loader(
     seed: int = 0,
     problem_type: str | None = None,
     num_workers: int = 0,
+    distributed: bool = False,
 ) -> DataLoader:
-    """A DataLoader over ``df``: bucketed and reshuffled each epoch, or shortest-first when not shuffled."""
+    """A DataLoader over ``df``: bucketed and reshuffled each epoch, or shortest-first when not shuffled.
+
+    ``distributed``: shard across the processes of an initialised torch.distributed group (DDP).
+    """
     dataset = ProteinDataset(df, alphabet, problem_type)
     if shuffle:
-        sampler = LengthBucketBatchSampler(dataset.lengths, batch_size, seed=seed)
+        sampler = LengthBucketBatchSampler(dataset.lengths, batch_size, seed=seed, distributed=distributed)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=num_workers)
+    if distributed:
+        sampler = ShardedEvalBatchSampler(dataset.lengths, batch_size)
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate, num_workers=num_workers)
     shortest_first = np.argsort(dataset.lengths, kind="stable").tolist()
     return DataLoader(
@@ -184,9 +197,14 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     The order depends only on (seed, epoch). Lightning calls `set_epoch` before each epoch; used
     by hand, each new iteration moves to the next epoch.
+
+    With several processes (`num_replicas`, `rank`, or read from torch.distributed when
+    `distributed=True`) every rank computes the same order and takes batches rank, rank + R, …;
+    the list is first padded by wrapping round to a multiple of R, so ranks get equal counts.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, batches_per_chunk: int = 16):
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 0, batches_per_chunk: int = 16,
+                 num_replicas: int | None = None, rank: int | None = None, distributed: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.lengths = np.asarray(lengths)
@@ -194,12 +212,13 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self.seed = seed
         self.chunk = batch_size * batches_per_chunk
         self.epoch = 0
+        self.replicas = _Replicas(num_replicas, rank, distributed)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
+        return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.replicas.world_size())
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -210,8 +229,63 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             chunk = order[start : start + self.chunk]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
             batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
-        for batch in rng.permutation(len(batches)):
+        batch_order = rng.permutation(len(batches)).tolist()
+        world, rank = self.replicas.world_size(), self.replicas.rank()
+        batch_order += batch_order[: (-len(batch_order)) % world]  # wrap round: equal counts per rank
+        for batch in batch_order[rank::world]:
             yield batches[batch].tolist()
+
+
+class ShardedEvalBatchSampler(Sampler[list[int]]):
+    """Evaluation under DDP: rows shortest first, strided over ranks, the same batch count on each.
+
+    No row is repeated, so gathered metrics count every row once; each rank splits its rows into
+    ceil(N / (R·batch_size)) batches of nearly equal size.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, num_replicas: int | None = None,
+                 rank: int | None = None, distributed: bool = True):
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.replicas = _Replicas(num_replicas, rank, distributed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / (self.batch_size * self.replicas.world_size()))
+
+    def __iter__(self):
+        world, rank = self.replicas.world_size(), self.replicas.rank()
+        if len(self.lengths) < world:
+            raise ValueError(f"{len(self.lengths)} evaluation rows cannot be shared by {world} processes; "
+                             "use fewer devices or a larger validation split")
+        mine = np.argsort(self.lengths, kind="stable")[rank::world]
+        for batch in np.array_split(mine, len(self)):
+            yield batch.tolist()
+
+
+class _Replicas:
+    """How many processes share a loader and which one this is: given, or asked of torch.distributed
+    when the loader is iterated (Lightning builds the process group after the loaders exist)."""
+
+    def __init__(self, num_replicas: int | None, rank: int | None, distributed: bool):
+        if (num_replicas is None) != (rank is None):
+            raise ValueError("give num_replicas and rank together")
+        if num_replicas is not None and not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
+        self.fixed = None if num_replicas is None else (num_replicas, rank)
+        self.distributed = distributed
+
+    def world_size(self) -> int:
+        return self._get()[0]
+
+    def rank(self) -> int:
+        return self._get()[1]
+
+    def _get(self) -> tuple[int, int]:
+        if self.fixed is not None:
+            return self.fixed
+        if self.distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
 
 
 # --- helpers -------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ class DataError(ValueError):
     """A problem with input data, described in one line that names the file and record."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(message.split()))
+        super().__init__(message.replace("\r", " ").replace("\n", " "))
 
 
 def read_sequences(
@@ -251,7 +251,7 @@ def _infer_dtype(column: pd.Series) -> pd.Series:
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric[~missing].isna().any():
         return values
-    if not missing.any() and (numeric == numeric.round()).all():
+    if not missing.any() and pd.api.types.is_integer_dtype(numeric):
         return numeric.astype(np.int64)
     return numeric.astype(np.float64)
 

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
 
 DEFAULT_BINS = 5
+TOLERANCE = 1e-9  # so that identity exactly at the threshold (e.g. 7/10 vs 0.7) counts as reaching it
 
 
 class SplitError(ValueError):
@@ -117,12 +118,12 @@ def identity_groups(sequences: Sequence[str], threshold: float = 0.9) -> np.ndar
         shorter = np.minimum(lengths[i], lengths[others])
         longer = np.maximum(lengths[i], lengths[others])
         shared = np.minimum(composition[i], composition[others]).sum(axis=1)
-        candidates = others[(shorter >= threshold * longer) & (shared >= threshold * shorter)]
+        candidates = others[(shorter >= threshold * longer - TOLERANCE) & (shared >= threshold * shorter - TOLERANCE)]
         for j in candidates:
             if _find(parent, i) == _find(parent, j):
                 continue
             need = threshold * min(lengths[i], lengths[j])
-            if sequences[i] == sequences[j] or aligner.score(sequences[i], sequences[j]) >= need - 1e-9:
+            if sequences[i] == sequences[j] or aligner.score(sequences[i], sequences[j]) >= need - TOLERANCE:
                 parent[_find(parent, j)] = _find(parent, i)
     roots = np.array([_find(parent, i) for i in range(n)], dtype=np.int64)
     _, first_seen, group_ids = np.unique(roots, return_index=True, return_inverse=True)

@@ -94,10 +94,6 @@ class CustomTask:
                 frame["split"] = "train"
             _check_split_column(frame, self.train_path)
             return frame
-        if "split" in frame:
-            raise DataError(
-                f"{self.train_path.name}: has a 'split' column and a test file was also given; use one or the other"
-            )
         test = read_sequences(self.test_path, **{**kwargs, "min_class_count": 1})
         frame = pd.concat([frame.assign(split="train"), test.assign(split="test")], ignore_index=True)
         repeated = frame["id"][frame["id"].duplicated()]
@@ -120,6 +116,10 @@ def custom_task(
     read_kwargs.pop("require_labels", None)
     probe = read_sequences(path, problem_type=problem_type, require_labels=True, **read_kwargs)
     problem_type = probe.attrs["problem_type"]
+    if "split" in probe:
+        if test_path is not None:
+            raise DataError(f"{path.name}: has a 'split' column and a test file was also given; use one or the other")
+        _check_split_column(probe, path)
     train_labels = probe["label"][probe["split"] == "train"] if "split" in probe else probe["label"]
     num_classes = 1
     if problem_type == "classification":
@@ -212,8 +212,7 @@ def describe(task_or_df: Task | CustomTask | pd.DataFrame, data_dir: str | os.Pa
         lengths = part["sequence"].str.len()
         length_text = f"{lengths.min()} / {lengths.median():g} / {lengths.mean():.1f} / {lengths.max()}"
         rows.append([name, str(len(part)), _label_summary(part["label"], problem_type), length_text])
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return _format_table(rows)
 
 
 def format_task_list(data_dir: str | os.PathLike | None = None) -> str:
@@ -225,10 +224,7 @@ def format_task_list(data_dir: str | os.PathLike | None = None) -> str:
         else:
             status = "downloadable" if task.convert is not None else "missing"
         rows.append([task.name, task.problem_type, task.primary_metric, status, task.description])
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.append(f"data directory: {resolve_data_dir(data_dir)} (set {DATA_DIR_ENV} to change it)")
-    return "\n".join(lines)
+    return f"{_format_table(rows)}\ndata directory: {resolve_data_dir(data_dir)} (set {DATA_DIR_ENV} to change it)"
 
 
 def format_task_info(name: str, data_dir: str | os.PathLike | None = None) -> str:
@@ -262,12 +258,17 @@ def _check_split_column(frame: pd.DataFrame, path: Path) -> None:
     unknown = ~frame["split"].isin(SPLITS)
     if unknown.any():
         row = int(np.argmax(unknown.to_numpy()))
-        raise DataError(
-            f"{path.name} (id {frame['id'].iloc[row]!r}): split {frame['split'].iloc[row]!r} is not one of "
-            f"{', '.join(SPLITS)}; fix the split column"
-        )
+        value = frame["split"].iloc[row]
+        problem = "no split value" if pd.isna(value) else f"split {value!r} is not one of {', '.join(SPLITS)}"
+        raise DataError(f"{path.name} (id {frame['id'].iloc[row]!r}): {problem}; fix the split column")
     if not (frame["split"] == "train").any():
         raise DataError(f"{path.name}: no row has split 'train'; a task needs training data")
+
+
+def _format_table(rows: list[list[str]]) -> str:
+    """Left-aligned columns two spaces apart, for terminal output."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def _label_summary(labels: pd.Series, problem_type: str | None) -> str:

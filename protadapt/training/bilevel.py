@@ -6,6 +6,11 @@ hypergradient (or its first-order variant). Each level has its own AdamW and sch
 come from `torch.autograd.grad` over explicit parameter lists — no optimiser toggling, which
 would freeze the very directions the hypergradient differentiates through — and are averaged
 across processes by hand, so magnitudes and directions stay identical on every DDP rank.
+
+Under Lightning's DDP strategy the module is still wrapped in DistributedDataParallel, but DDP's
+reducer hooks fire only when a backward pass accumulates into `.grad`; `torch.autograd.grad`
+bypasses them, so DDP neither reduces nor complains, and `average_across_processes` is the one
+synchronisation (tests/test_ddp.py checks that every rank ends with the same magnitudes).
 """
 
 from __future__ import annotations
@@ -63,18 +68,27 @@ class BiDoRAModule(AdapterModule):
         magnitudes = self.predictor.magnitude_parameters()
         inner_train, inner_val = batch["inner_train"], batch["inner_val"]
 
-        lower_loss = self.lower_objective(inner_train)
-        self._step(lower_opt, directions, torch.autograd.grad(lower_loss, directions))
+        upper_now = (batch_idx + 1) % self.bilevel.unroll_steps == 0
+        darts_now = upper_now and self.bilevel.hypergradient == "darts"
+        upper_loss: Loss = lambda: self.upper_objective(inner_val)  # noqa: E731
+        # DARTS needs ∇_V L_tr at the current V for its virtual step: take it from the lower step
+        # (same batch, same dropout noise) and evaluate the hypergradient before that step moves V.
+        noise_seed = new_noise_seed() if darts_now else None
+        with same_noise(noise_seed) if darts_now else contextlib.nullcontext():
+            lower_loss = self.lower_objective(inner_train)
+        lower_grads = torch.autograd.grad(lower_loss, directions)
+        if darts_now:
+            hyper = darts_hypergradient(
+                lambda: self.lower_objective(inner_train), upper_loss, directions, magnitudes,
+                lower_opt.param_groups[0]["lr"], train_grads=lower_grads, noise_seed=noise_seed,
+                # ∇_M R(V) = 0: the finite-difference passes need the task loss only
+                magnitude_lower_loss=lambda: self.loss(self(inner_train["tokens"]), inner_train["labels"]))
+        self._step(lower_opt, directions, lower_grads)
         lower_schedule.step()
         logs = {"lower_loss": lower_loss.detach()}
 
-        if (batch_idx + 1) % self.bilevel.unroll_steps == 0:
-            upper_loss: Loss = lambda: self.upper_objective(inner_val)  # noqa: E731
-            if self.bilevel.hypergradient == "darts":
-                xi = lower_opt.param_groups[0]["lr"]
-                hyper = darts_hypergradient(lambda: self.lower_objective(inner_train), upper_loss,
-                                            directions, magnitudes, xi)
-            else:
+        if upper_now:
+            if not darts_now:
                 hyper = first_order_hypergradient(upper_loss, magnitudes)
             self._step(upper_opt, magnitudes, hyper)
             upper_schedule.step()
@@ -89,18 +103,28 @@ class BiDoRAModule(AdapterModule):
 
 
 def darts_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.Parameter],
-                        magnitudes: list[nn.Parameter], xi: float) -> list[torch.Tensor]:
+                        magnitudes: list[nn.Parameter], xi: float, *, train_grads: list[torch.Tensor] | None = None,
+                        noise_seed: int | None = None, magnitude_lower_loss: Loss | None = None) -> list[torch.Tensor]:
     """∇_M L_val(V′, M) − ξ·[∇_M L_tr(V⁺, M) − ∇_M L_tr(V⁻, M)] / 2ε, with V′ = V − ξ∇_V L_tr,
     V± = V ± ε·∇_V′ L_val and ε = 0.01 / ‖∇_V′ L_val‖ (DARTS, Liu et al. 2019, eq. 7–8).
 
     All three lower-loss evaluations see the same random numbers (dropout), so the finite
     difference measures the change of V alone. The directions are restored on return.
+
+    Reuse, to save passes: `train_grads` = ∇_V L_tr(V) already computed under
+    `same_noise(noise_seed)` (skips one forward/backward); `magnitude_lower_loss`, the part of
+    L_tr that depends on M, for the two V± passes (e.g. without the orthogonality term).
     """
+    if train_grads is not None and noise_seed is None:
+        raise ValueError("train_grads must come with the noise_seed they were computed under")
     original = [d.detach().clone() for d in directions]
-    noise_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+    noise_seed = new_noise_seed() if noise_seed is None else noise_seed
+    magnitude_lower_loss = magnitude_lower_loss or lower_loss
     try:
-        with same_noise(noise_seed):
-            train_grads = torch.autograd.grad(lower_loss(), directions)
+        if train_grads is None:
+            with same_noise(noise_seed):
+                train_grads = torch.autograd.grad(lower_loss(), directions)
+        train_grads = [g.detach().clone() for g in train_grads]  # the caller may clip its copy in place
         _assign(directions, [o - xi * g for o, g in zip(original, train_grads)])  # V′
 
         val_grads = torch.autograd.grad(upper_loss(), magnitudes + directions, allow_unused=True)
@@ -113,10 +137,10 @@ def darts_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.
 
         _assign(directions, [o + eps * g for o, g in zip(original, direction_grads)])  # V⁺
         with same_noise(noise_seed):
-            plus = torch.autograd.grad(lower_loss(), magnitudes)
+            plus = torch.autograd.grad(magnitude_lower_loss(), magnitudes)
         _assign(directions, [o - eps * g for o, g in zip(original, direction_grads)])  # V⁻
         with same_noise(noise_seed):
-            minus = torch.autograd.grad(lower_loss(), magnitudes)
+            minus = torch.autograd.grad(magnitude_lower_loss(), magnitudes)
     finally:
         _assign(directions, original)
     return [gm - xi * (p - m) / (2 * eps) for gm, p, m in zip(magnitude_grads, plus, minus)]
@@ -139,6 +163,10 @@ def reset_for_retraining(predictor: ProteinPredictor, seed: int) -> None:
         for module in predictor.head.modules():
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
+
+
+def new_noise_seed() -> int:
+    return int(torch.randint(0, 2**31 - 1, ()).item())
 
 
 def average_across_processes(tensor: torch.Tensor) -> torch.Tensor:

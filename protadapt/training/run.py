@@ -2,17 +2,23 @@
 
 A run directory holds `config.yaml` (resolved), `adapter.safetensors` + `adapter.json` (head
 included), `metrics.json` (validation and test), `predictions.csv` (test set), `run.json`
-(wall time, memory, parameter counts, versions), `logs/` (Lightning CSV logs) and `checkpoints/`
-(for `--resume`).
+(wall time, memory, parameter counts, versions), `logs/` (Lightning CSV logs, and TensorBoard
+event files with `trainer.logger=csv,tensorboard`) and `checkpoints/` (for `--resume`).
+
+Under DDP every process runs `fit`; the processes train together, and afterwards only global
+rank 0 evaluates and writes files, so a run directory is written once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import resource
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities import CombinedLoader
 
 from protadapt.adapters import count_trainable
@@ -40,11 +46,19 @@ from protadapt.training.module import AdapterModule
 
 log = logging.getLogger(__name__)
 
+# Lightning/torch messages that say nothing to a protadapt user: epoch metrics are computed from
+# rows gathered over all ranks (the same on each), and the rest are deprecations inside Lightning.
+NOISE = (".*when logging on epoch level in distributed setting.*",
+         ".*torch.distributed.nn.functional.all_gather is deprecated.*",
+         ".*isinstance\\(treespec, LeafSpec\\) is deprecated.*",
+         ".*You defined a `validation_step` but have no `val_dataloader`.*")
+
 
 @dataclass
 class RunResult:
     run_dir: Path
-    metrics: dict
+    metrics: dict  # empty on DDP ranks other than 0, which write nothing
+    is_global_zero: bool = True
 
 
 def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
@@ -72,8 +86,10 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
     monitor, mode = monitored_metric(config, task)
     if config.adapter.method == "bidora":
         search = BiDoRAModule(predictor, config.optim, config.bilevel)
-        loaders = CombinedLoader({"inner_train": datamodule.inner_train_dataloader(),
-                                  "inner_val": datamodule.inner_val_dataloader()}, mode="max_size_cycle")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=NOISE[2])
+            loaders = CombinedLoader({"inner_train": datamodule.inner_train_dataloader(),
+                                      "inner_val": datamodule.inner_val_dataloader()}, mode="max_size_cycle")
         best_epoch = _train(search, config, run_dir, "search", loaders, datamodule.val_dataloader(),
                             monitor, mode, resume)
         if config.bilevel.retrain:
@@ -85,6 +101,9 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
     else:
         _train(AdapterModule(predictor, config.optim), config, run_dir, "fit", datamodule.train_dataloader(),
                datamodule.val_dataloader(), monitor, mode, resume)
+    ranks = ranks_agree(predictor)
+    if global_rank() != 0:  # DDP: the weights are identical on every rank; rank 0 writes them
+        return RunResult(run_dir, {}, is_global_zero=False)
 
     metadata = {"task": task.name, "problem_type": task.problem_type, "labels": class_labels(task, train),
                 "seed": config.seed}
@@ -108,6 +127,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
         "trainable_params": count_trainable_saved(predictor),
         "backbone": predictor.backbone.architecture.name, "pretrained": predictor.backbone.pretrained,
         "torch": torch.__version__, "lightning": L.__version__,
+        **({"distributed": ranks} if ranks else {}),
     })
     return RunResult(run_dir, metrics)
 
@@ -158,6 +178,68 @@ def count_trainable_saved(predictor: ProteinPredictor) -> int:
         else count_trainable(predictor)
 
 
+def global_rank() -> int:
+    """This process's rank in an initialised torch.distributed group (DDP), else 0."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def state_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, shapes and float32 bytes of the tensors, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().float().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def ranks_agree(predictor: ProteinPredictor) -> dict | None:
+    """Under DDP: digests of every rank's trained tensors, gathered; an error if any rank differs.
+
+    Returns None in a single process, else {"world_size", "trained_sha256", "magnitudes_sha256"}.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    state = predictor.trainable_state()
+    magnitudes = {k: v for k, v in state.items() if k.endswith("magnitude")}
+    mine = (state_digest(state), state_digest(magnitudes))
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, mine)
+    if len(set(gathered)) != 1:
+        raise RuntimeError(f"DDP ranks ended with different weights ({len(set(gathered))} distinct states); "
+                           "please report this with `protadapt doctor` output")
+    return {"world_size": len(gathered), "trained_sha256": [g[0] for g in gathered],
+            "magnitudes_sha256": [g[1] for g in gathered] if magnitudes else []}
+
+
+def make_loggers(config: RunConfig, run_dir: Path, phase: str) -> list[Logger]:
+    """`trainer.logger`: csv (default), tensorboard, or both as `csv,tensorboard`; none with `none`."""
+    names = [name.strip() for name in config.trainer.logger.split(",") if name.strip() and name.strip() != "none"]
+    loggers: list[Logger] = []
+    for name in names:
+        if name == "csv":
+            loggers.append(CSVLogger(run_dir, name="logs", version=phase))
+        elif name == "tensorboard":
+            try:
+                from lightning.pytorch.loggers import TensorBoardLogger
+
+                loggers.append(TensorBoardLogger(run_dir, name="logs", version=phase, default_hp_metric=False))
+            except ModuleNotFoundError:
+                raise ConfigError("trainer.logger=tensorboard needs the tensorboard package: pip install tensorboard") from None
+        else:
+            raise ConfigError(f"unknown trainer.logger '{name}'; choose csv, tensorboard, csv,tensorboard or none")
+    return loggers
+
+
+def quiet_lightning(quiet: bool) -> None:
+    """Lightning's info lines ("GPU available: ...", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES") off when quiet."""
+    level = logging.WARNING if quiet else logging.INFO
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(level)
+
+
 def default_run_dir(config: RunConfig) -> Path:
     return Path(config.out) / f"{config.data.task}-{config.adapter.method}-seed{config.seed}"
 
@@ -172,9 +254,10 @@ def _train(module: AdapterModule, config: RunConfig, run_dir: Path, phase: str, 
     if monitor:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=config.optim.patience))
     manual = not module.automatic_optimization
+    quiet_lightning(config.quiet)
     trainer = L.Trainer(
         max_epochs=module.optim.max_epochs, callbacks=callbacks,
-        logger=CSVLogger(run_dir, name="logs", version=phase),
+        logger=make_loggers(config, run_dir, phase) or False,
         enable_progress_bar=not config.quiet, enable_model_summary=False,
         gradient_clip_val=None if manual else module.optim.grad_clip,
         accelerator=config.trainer.accelerator, devices=config.trainer.devices, strategy=config.trainer.strategy,
@@ -186,13 +269,33 @@ def _train(module: AdapterModule, config: RunConfig, run_dir: Path, phase: str, 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*The number of training batches.*")
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
-                    ckpt_path=str(last) if resume and last.exists() else None)
+        for noise in NOISE:
+            warnings.filterwarnings("ignore", message=noise)
+        if config.quiet or resume:
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        resuming = resume and last.exists()
+        with keep_earlier_logs(run_dir / "logs" / phase / "metrics.csv", resuming):
+            trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
+                        ckpt_path=str(last) if resuming else None)
     if not monitor or not checkpoint.best_model_path:
         return trainer.current_epoch
     state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
     module.load_state_dict(state["state_dict"], strict=False)
     return int(state["epoch"])
+
+
+@contextlib.contextmanager
+def keep_earlier_logs(metrics_csv: Path, resuming: bool) -> Iterator[None]:
+    """CSVLogger starts its file afresh; on --resume, put back the rows logged before the checkpoint."""
+    earlier = pd.read_csv(metrics_csv) if resuming and metrics_csv.is_file() and metrics_csv.stat().st_size else None
+    try:
+        yield
+    finally:  # also when the resumed fit is interrupted again
+        if earlier is not None and "step" in earlier:
+            later = pd.read_csv(metrics_csv) if metrics_csv.is_file() and metrics_csv.stat().st_size else earlier[:0]
+            if len(later):  # rows past the checkpoint (an epoch cut short) were logged again after it
+                earlier = earlier[earlier["step"] < later["step"].min()]
+            write_csv_atomic(pd.concat([earlier, later], ignore_index=True), metrics_csv)
 
 
 def cross_validate(config: RunConfig, folds: int = 5, repeats: int = 1, out: str | Path | None = None) -> pd.DataFrame:
@@ -206,11 +309,17 @@ def cross_validate(config: RunConfig, folds: int = 5, repeats: int = 1, out: str
     rows = []
     splits = kfold_splits(train["label"].to_numpy(), folds, repeats=repeats, seed=config.seed,
                           problem_type=task.problem_type, groups=groups)
-    for number, (train_idx, test_idx) in enumerate(splits):
+    from tqdm.auto import tqdm
+
+    progress = tqdm(list(splits), desc="cv folds", unit="fold", disable=config.quiet or global_rank() != 0)
+    for number, (train_idx, test_idx) in enumerate(progress):
         repeat, fold = divmod(number, folds)
         result = fit(config, out / f"repeat{repeat}-fold{fold}",
                      train=train.iloc[train_idx], test=train.iloc[test_idx])
-        rows.append({"repeat": repeat, "fold": fold, **result.metrics["test"]})
+        if result.is_global_zero:
+            rows.append({"repeat": repeat, "fold": fold, **result.metrics["test"]})
+    if global_rank() != 0:
+        return pd.DataFrame(rows)
     table = pd.DataFrame(rows)
     write_csv_atomic(table, out / "folds.csv")
     summary = summarise_folds(table)

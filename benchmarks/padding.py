@@ -1,0 +1,158 @@
+"""Padding and throughput of length-bucketed vs naive (random-order) batching.
+
+    python benchmarks/padding.py [--batch-size 16] [--subset 256] [--repeats 2] [--arch tiny|8M] [--data-dir DIR]
+
+Data: the thermostability training set (1768 proteins, 250-550 residues). Padding fraction is
+measured over the whole set (five seeds); throughput is residues per second of tokenisation
+(loader with collation) alone over the whole set, and of tokenisation + forward pass of a
+random-init ESM-2 (``tiny``: ``ESM2(2, 32, 4)``, default, as CPU time is scarce; ``8M``:
+``ESM2(6, 320, 20)``) under ``torch.inference_mode`` over a seeded random subset, repeated with
+the two strategies interleaved. Writes benchmarks/results/padding.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import esm
+import numpy as np
+import torch
+from esm.model.esm2 import ESM2
+from torch.utils.data import DataLoader
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from protadapt.data.datamodule import ProteinDataset, make_loader  # noqa: E402
+from protadapt.data.tasks import DATA_DIR_ENV, get_task  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results" / "padding.md"
+SEEDS = range(5)
+ARCHITECTURES = {"tiny": (2, 32, 4), "8M": (6, 320, 20)}  # num_layers, embed_dim, attention_heads
+
+
+def main() -> None:
+    args = parse_args()
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    frame = get_task("thermostability").load(args.data_dir)
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    subset = train.sample(n=min(args.subset, len(train)), random_state=0).reset_index(drop=True)
+    loaders = {"bucketed": bucketed_loader, "naive": naive_loader}
+    load_before = os.getloadavg()
+
+    padding = {name: [padding_fraction(build(train, alphabet, args.batch_size, seed), alphabet) for seed in SEEDS]
+               for name, build in loaders.items()}
+    tokenise = {name: [] for name in loaders}
+    forward = {name: [] for name in loaders}
+    torch.manual_seed(0)
+    num_layers, embed_dim, heads = ARCHITECTURES[args.arch]
+    model = ESM2(num_layers=num_layers, embed_dim=embed_dim, attention_heads=heads, alphabet=alphabet).eval()
+    for repeat in range(args.repeats):
+        for name, build in loaders.items():
+            tokenise[name].append(residues_per_second(lambda: build(train, alphabet, args.batch_size, repeat), None))
+            forward[name].append(residues_per_second(lambda: build(subset, alphabet, args.batch_size, repeat), model))
+            print(f"repeat {repeat} {name}: tokenise {tokenise[name][-1]:,.0f}/s, +forward {forward[name][-1]:,.0f}/s", flush=True)
+
+    report = format_report(args, len(train), len(subset), padding, tokenise, forward, load_before, os.getloadavg())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(report)
+    print(report)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--subset", type=int, default=256, help="proteins in the forward-pass timing")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="tiny", help="random-init ESM-2 for the forward timing")
+    parser.add_argument("--data-dir", default=None, help=f"default: ${DATA_DIR_ENV}, else ../shared/data beside the repo")
+    args = parser.parse_args()
+    shared = REPO.parent / "shared" / "data"
+    if args.data_dir is None and not os.environ.get(DATA_DIR_ENV) and shared.is_dir():
+        args.data_dir = str(shared)  # the CI layout
+    return args
+
+
+def bucketed_loader(frame, alphabet, batch_size: int, seed: int) -> DataLoader:
+    return make_loader(frame, alphabet, batch_size, shuffle=True, seed=seed)
+
+
+def naive_loader(frame, alphabet, batch_size: int, seed: int) -> DataLoader:
+    """Random order, consecutive rows form a batch: what a plain shuffled DataLoader does."""
+    dataset = ProteinDataset(frame, alphabet)
+    order = np.random.default_rng(seed).permutation(len(dataset)).tolist()
+    return DataLoader(dataset, batch_size=batch_size, sampler=order, collate_fn=dataset.collate)
+
+
+def padding_fraction(loader: DataLoader, alphabet) -> float:
+    padded = total = 0
+    for batch in loader:
+        padded += int((batch["tokens"] == alphabet.padding_idx).sum())
+        total += batch["tokens"].numel()
+    return padded / total
+
+
+def residues_per_second(build, model) -> float:
+    """Residues (no BOS/EOS/padding) per wall-clock second of building, iterating and (optionally) the forward."""
+    start = time.perf_counter()
+    loader = build()
+    residues = 0
+    with torch.inference_mode():
+        for batch in loader:
+            residues += int(loader.dataset.lengths[batch["index"].numpy()].sum())
+            if model is not None:
+                model(batch["tokens"])
+    return residues / (time.perf_counter() - start)
+
+
+def format_report(args, n_train, n_subset, padding, tokenise, forward, load_before, load_after) -> str:
+    def mean(values):
+        return statistics.mean(values)
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown")
+    speedup = mean(forward["bucketed"]) / mean(forward["naive"])
+    lines = [
+        "# Length-bucketed vs naive batching",
+        "",
+        f"Command: `python benchmarks/padding.py --batch-size {args.batch_size} --subset {args.subset} "
+        f"--repeats {args.repeats} --arch {args.arch}`",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"Machine: {cpu}, {os.cpu_count()} CPU cores visible, torch {torch.__version__} with {torch.get_num_threads()} threads, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        f"Load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
+        "(a shared machine: other jobs ran at the same time, so absolute rates are noisy; the two "
+        "strategies were interleaved repeat by repeat)",
+        "",
+        f"Data: thermostability train, {n_train} proteins (250-550 residues); batch size {args.batch_size}. "
+        "Bucketed = `make_loader(shuffle=True)`: shuffle, sort by length inside chunks of 16 batches, shuffle "
+        "batch order. Naive = random order, consecutive rows batched.",
+        "",
+        f"| strategy | padding fraction (whole set, 5 seeds) | tokenise residues/s (whole set) | tokenise + ESM-2 {args.arch} forward residues/s |",
+        "|---|---|---|---|",
+    ]
+    for name in ("bucketed", "naive"):
+        lines.append(
+            f"| {name} | {mean(padding[name]):.3f} (min {min(padding[name]):.3f}, max {max(padding[name]):.3f}) "
+            f"| {mean(tokenise[name]):,.0f} | {mean(forward[name]):,.0f} |"
+        )
+    lines += [
+        "",
+        f"Forward timing: random-init `ESM2{ARCHITECTURES[args.arch]}` (num_layers, embed_dim, heads), `torch.inference_mode`, "
+        f"a seeded random subset of {n_subset} proteins, mean of {args.repeats} repeats. "
+        f"Bucketed is {speedup:.2f}x the naive throughput there.",
+        "Padding fraction = padding tokens / all tokens of the token tensors (BOS/EOS count as non-padding).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

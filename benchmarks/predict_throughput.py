@@ -1,0 +1,116 @@
+"""Sequences per second of `predict_scores` (LoRA / DoRA predictors, 8M) against a bare fair-esm
+forward over the same sequences in the same batches, and against naive padded batching.
+
+    .venv/bin/python benchmarks/predict_throughput.py [--device cuda] [--n 512] [--precision bf16]
+
+Sequences: the BBB peptides plus a seeded subsample of the MIC peptides (real sequences, labels
+unused), or `--task thermostability` for longer proteins. `bare, bucketed` runs
+`esm.ESM2(tokens, repr_layers=[L])` on the batches `predict_scores` builds (shortest first);
+`bare, naive` the same model on batches of the rows in a random order, padded to their longest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment_line, interleaved, markdown_table, pick_device  # noqa: E402
+
+from protadapt.adapters import AdapterConfig, linear_adapters  # noqa: E402
+from protadapt.backbones import load_backbone  # noqa: E402
+from protadapt.data.datamodule import ProteinDataset, make_loader  # noqa: E402
+from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.inference import predict_scores  # noqa: E402
+
+DATA = Path("/work/shared/data")
+ARCH = "esm2_t6_8M_UR50D"
+
+
+def sequences(task: str, n: int, seed: int = 0) -> pd.DataFrame:
+    if task == "peptides":
+        frame = pd.concat([pd.read_csv(DATA / "bbb" / "bbb.csv"), pd.read_csv(DATA / "mic" / "mic.csv")])
+    else:
+        frame = pd.read_csv(DATA / task / f"{task}.csv")
+    frame = frame[frame["sequence"].str.len() <= 1022]
+    return frame.sample(n=min(n, len(frame)), random_state=seed)[["id", "sequence"]].reset_index(drop=True)
+
+
+def trained_like(method: str, device: torch.device) -> ProteinPredictor:
+    """A predictor whose adapters are off their init point, as after training."""
+    torch.manual_seed(0)
+    predictor = ProteinPredictor(load_backbone(ARCH, random_init=True), HeadConfig(), AdapterConfig(method=method))
+    with torch.no_grad():
+        for layer in linear_adapters(predictor).values():
+            layer.up.normal_(0, 0.02)
+    return predictor.to(device)
+
+
+def token_batches(frame: pd.DataFrame, alphabet, batch_size: int, order: str, device) -> list[torch.Tensor]:
+    if order == "bucketed":
+        loader = make_loader(frame, alphabet, batch_size=batch_size, shuffle=False)
+        return [batch["tokens"].to(device) for batch in loader]
+    dataset = ProteinDataset(frame, alphabet)
+    positions = np.random.default_rng(0).permutation(len(frame)).tolist()
+    return [dataset.collate(positions[i:i + batch_size])["tokens"].to(device)
+            for i in range(0, len(positions), batch_size)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--task", default="peptides", choices=["peptides", "thermostability"])
+    parser.add_argument("--n", type=int, default=512, help="sequences")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="32", help="32, bf16 or fp16 (CUDA autocast; ignored on CPU)")
+    options = parser.parse_args()
+    device = pick_device(options.device)
+    torch.set_num_threads(options.threads)
+    frame = sequences(options.task, options.n)
+
+    bare = load_backbone(ARCH, random_init=True).model.to(device).eval()
+    alphabet = load_backbone("tiny").alphabet
+    num_layers = bare.num_layers
+    bucketed = token_batches(frame, alphabet, options.batch_size, "bucketed", device)
+    naive = token_batches(frame, alphabet, options.batch_size, "naive", device)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.precision)
+
+    def bare_forward(batches):
+        def run():
+            with torch.inference_mode(), torch.autocast("cuda", dtype=autocast,
+                                                        enabled=autocast is not None and device.type == "cuda"):
+                for tokens in batches:
+                    bare(tokens, repr_layers=[num_layers])["representations"][num_layers].cpu()
+        return run
+
+    lora, dora = trained_like("lora", device), trained_like("dora", device)
+    candidates = {
+        "bare fair-esm, bucketed batches": bare_forward(bucketed),
+        "predict_scores, LoRA": lambda: predict_scores(lora, frame, options.batch_size, precision=options.precision),
+        "predict_scores, DoRA": lambda: predict_scores(dora, frame, options.batch_size, precision=options.precision),
+        "bare fair-esm, naive padded batches (random order)": bare_forward(naive),
+    }
+    times = interleaved(candidates, device, options.repeats)
+    reference = times["bare fair-esm, bucketed batches"]
+    pad = {name: sum(int(t.ne(alphabet.padding_idx).sum()) for t in b) / sum(t.numel() for t in b)
+           for name, b in (("bucketed", bucketed), ("naive", naive))}
+    lengths = frame["sequence"].str.len()
+    rows = [[name, f"{len(frame) / t:.0f}", f"**{reference / t:.2f}**"] for name, t in times.items()]
+    text = [f"<!-- generated by benchmarks/predict_throughput.py; {environment_line(device)} -->",
+            f"{len(frame)} {options.task} sequences (length median {lengths.median():.0f}, max {lengths.max()}), "
+            f"batch {options.batch_size}, precision {options.precision}; real tokens / batch cells: "
+            f"bucketed {pad['bucketed']:.2f}, naive {pad['naive']:.2f}", "",
+            markdown_table(["path", "sequences/s", "vs bare bucketed"], rows)]
+    print("\n".join(text))
+    Path(f"/tmp/predict_throughput_{options.task}.md").write_text("\n".join(text) + "\n")
+
+
+if __name__ == "__main__":
+    main()

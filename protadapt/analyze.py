@@ -1,0 +1,103 @@
+"""`protadapt analyze`: the DoRA paper's magnitude–direction analysis of trained run directories.
+
+For every adapted layer, W0 is the pretrained weight and W the fine-tuned effective weight:
+adapter methods keep W0 as `base_layer.weight` and give W by `effective_weight()`; full fine-tuning
+saves W itself, and W0 comes from the backbone rebuilt from the run's metadata (a random-init
+backbone is seeded, so it is rebuilt bit for bit; a pretrained one is loaded again). The final
+weights and every Lightning checkpoint under `checkpoints/<phase>/` are analysed; ΔM, ΔD and the
+correlation come from `protadapt.evaluation.analysis`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from protadapt.adapters import find_targets, linear_adapters
+from protadapt.data.io import write_csv_atomic
+from protadapt.evaluation.analysis import LayerPairs, analyse_layers, correlation, scatter_plot
+from protadapt.heads import ProteinPredictor, _backbone_from_metadata
+
+log = logging.getLogger(__name__)
+
+FINAL = "final"  # checkpoint name of the run's saved adapter.safetensors
+
+
+def analyse_runs(paths: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
+    """Analyse every run under `paths`; write the per-layer CSV, the correlations CSV and the figure."""
+    out = Path(out)
+    runs = find_runs(paths)
+    if not runs:
+        raise ValueError(f"no run directory (with adapter.json) under {', '.join(map(str, paths))}")
+    layers = pd.concat([analyse_run(run) for run in runs], ignore_index=True)
+    correlations = correlation_table(layers)
+    write_csv_atomic(layers, out / "delta_m_delta_d.csv")
+    write_csv_atomic(correlations, out / "correlations.csv")
+    final = layers[layers["checkpoint"] == FINAL]
+    scatter_plot({method: points for method, points in final.groupby("method", sort=False)}, out / "delta_m_delta_d.png")
+    return correlations
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories given directly, or found below a folder (such as a compare output)."""
+    runs: list[Path] = []
+    for path in map(Path, paths):
+        if (path / "adapter.json").exists():
+            runs.append(path)
+        elif path.is_dir():
+            runs += sorted(p.parent for p in path.rglob("adapter.json"))
+        else:
+            raise ValueError(f"{path}: not a directory; give a run directory (with adapter.json) or a folder of them")
+    return runs
+
+
+def analyse_run(run_dir: str | Path) -> pd.DataFrame:
+    """ΔM and ΔD per adapted layer for the final weights and each saved checkpoint of one run."""
+    run_dir = Path(run_dir)
+    predictor, metadata = ProteinPredictor.load(run_dir)
+    method = predictor.adapter_config.method
+    pretrained = pretrained_weights(predictor, metadata) if method == "full" else None
+    frames = [analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=FINAL)]
+    for checkpoint in sorted(run_dir.glob("checkpoints/*/*.ckpt")):
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        predictor.load_state_dict({k.removeprefix("predictor."): v for k, v in state.items()}, strict=False)
+        name = f"{checkpoint.parent.name}/{checkpoint.stem}"
+        frames.append(analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=name))
+    layers = pd.concat(frames, ignore_index=True)
+    if layers.empty:
+        raise ValueError(f"{run_dir}: method '{method}' adapts no linear layer; ΔM/ΔD needs lora, dora, bidora, "
+                         "wegeft or full")
+    return layers.assign(run=str(run_dir), method=method, task=metadata.get("task"), seed=metadata.get("seed"))[
+        ["run", "task", "method", "seed", "checkpoint", "layer", "delta_m", "delta_d"]]
+
+
+def layer_pairs(predictor: ProteinPredictor, pretrained: dict[str, torch.Tensor] | None = None) -> LayerPairs:
+    """(W0, W) per adapted layer; `pretrained` holds W0 by name for full fine-tuning."""
+    with torch.no_grad():
+        if pretrained is None:
+            return {name: (layer.base_layer.weight, layer.effective_weight())
+                    for name, layer in linear_adapters(predictor.backbone.model).items()}
+        model = predictor.backbone.model
+        return {name: (w0, model.get_submodule(name).weight) for name, w0 in pretrained.items()}
+
+
+def pretrained_weights(predictor: ProteinPredictor, metadata: dict) -> dict[str, torch.Tensor]:
+    """W0 of the layers adapters would target, from a freshly loaded copy of the run's backbone."""
+    fresh = _backbone_from_metadata(metadata["backbone"]).model
+    names = find_targets(fresh, predictor.adapter_config.target_patterns())
+    return {name: fresh.get_submodule(name).weight.detach().clone() for name in names}
+
+
+def correlation_table(layers: pd.DataFrame) -> pd.DataFrame:
+    """Pearson r of ΔM vs ΔD per method and checkpoint: layers of all runs pooled, and the mean per-run r."""
+    rows = []
+    for (method, checkpoint), points in layers.groupby(["method", "checkpoint"], sort=False):
+        per_run = [correlation(run_points) for _, run_points in points.groupby("run")]
+        rows.append({"method": method, "checkpoint": checkpoint, "runs": len(per_run), "layers": len(points),
+                     "r_pooled": correlation(points), "r_mean_per_run": pd.Series(per_run, dtype=float).mean(),
+                     "delta_m_mean": points["delta_m"].mean(), "delta_d_mean": points["delta_d"].mean()})
+    return pd.DataFrame(rows)
