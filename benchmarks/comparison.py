@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from protadapt.analyze import analyse_runs
-from protadapt.compare import Grid, collect, run_comparison
+from protadapt.compare import Grid, collect, plan, run_comparison
 from protadapt.config import load_config
 from protadapt.report import comparison_markdown
 
@@ -69,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     started = time.perf_counter()
     stages = STAGES[: args.stages]
-    for number, stage in enumerate(stages):
-        if not args.report_only:
-            run_comparison(load_config(None, BACKBONE + stage.overrides), stage.grid, out)
+    if args.report_only:
+        write_report(out, stages, time.perf_counter() - started, args)
+        return 0
+    for number, stage in enumerate(stages, start=1):
+        run_comparison(load_config(None, BACKBONE + stage.overrides), stage.grid, out)
         write_report(out, stages, time.perf_counter() - started, args)
         logging.info("stage %d done", number)
     return 0
@@ -79,12 +81,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_report(out: Path, stages: list[Stage], wall_time_s: float, args: argparse.Namespace) -> None:
     """Collect every finished cell of every stage; write OUT/comparison.{md,csv} and copy them to results/."""
-    tables = [collect(load_config(None, BACKBONE + s.overrides), s.grid, out) for s in stages]
+    configs = [load_config(None, BACKBONE + s.overrides) for s in stages]
+    tables = [collect(config, s.grid, out) for config, s in zip(configs, stages)]
+    planned = [sum(1 for _ in plan(config, s.grid, out)) for config, s in zip(configs, stages)]
     table = pd.concat([t for t in tables if not t.empty], ignore_index=True)
     table.to_csv(out / "comparison.csv", index=False)
     notes = [f"Torch threads: {THREADS}; the 2-core machine was shared with other jobs, so wall times are "
              "upper bounds for this hardware."]
-    notes += [f"Stage {i + 1}: {s.why}; overrides `{' '.join(s.overrides)}`." for i, s in enumerate(stages)]
+    notes += [f"Stage {i + 1} ({len(t)} of {n} runs finished{'' if len(t) else ': NOT RUN'}): {s.why}; "
+              f"overrides `{' '.join(s.overrides)}`." for i, (s, t, n) in enumerate(zip(stages, tables, planned))]
+    notes.append("Every method uses the same optimiser settings (AdamW, lr 1e-3, weight decay 0.01, cosine schedule "
+                 "with warm-up, early stopping on inner-validation accuracy / MSE); full fine-tuning was not given the "
+                 "lower lr it usually needs.")
     notes.append("Every run holds out 20 % of its training rows (stratified) for early stopping / BiDoRA's upper "
                  "level; BiDoRA then retrains on all of them (search epochs = epochs of its best checkpoint + 1).")
     notes.append("Cells listed below are exactly the cells that finished; a method with fewer runs shows it in "

@@ -171,8 +171,6 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--archs", nargs="+", default=["8M", "35M"], choices=list(ARCHS))
     parser.add_argument("--shapes", nargs="+", default=["8x64", "16x128", "4x512"], help="batch x tokens")
-    parser.add_argument("--large-shapes-8m-only", action="store_true", default=True,
-                        help="on CPU, run 35M only on shapes of at most 512 tokens per batch (CPU time)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--no-memory", action="store_true")
@@ -191,8 +189,8 @@ def main() -> None:
         print(f"{arch}: max |hidden ours − hidden PEFT| with equal DoRA adapters = {checks[arch]:.2e}", flush=True)
         for shape in options.shapes:
             batch, length = parse_shape(shape)
-            if arch != "8M" and batch * length > 512 and options.large_shapes_8m_only and device.type == "cpu":
-                continue
+            if arch != "8M" and batch * length > 512 and device.type == "cpu":
+                continue  # CPU time: 35M only on shapes of at most 512 tokens per batch
             for method in METHODS:
                 ours, theirs = build_pair(arch, method, device)
                 train, evaluate = step_functions(ours, theirs, random_tokens(batch, length, device))

@@ -10,7 +10,6 @@ correlation come from `protadapt.evaluation.analysis`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from protadapt.adapters import find_targets, linear_adapters
 from protadapt.data.io import write_csv_atomic
 from protadapt.evaluation.analysis import LayerPairs, analyse_layers, correlation, scatter_plot
 from protadapt.heads import ProteinPredictor, _backbone_from_metadata
-
-log = logging.getLogger(__name__)
 
 FINAL = "final"  # checkpoint name of the run's saved adapter.safetensors
 

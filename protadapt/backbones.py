@@ -25,6 +25,8 @@ from pathlib import Path
 
 import esm
 import torch
+import torch.nn.functional as F
+from esm.modules import gelu as esm_gelu
 from torch import nn
 
 MODEL_DIR_ENV = "PROTADAPT_MODEL_DIR"
@@ -131,11 +133,40 @@ class Backbone(nn.Module):
         x = x.transpose(0, 1)
         attention_padding = padding_mask if padding_mask.any() else None
         for layer in model.layers:
-            x, _ = layer(x, self_attn_padding_mask=attention_padding, need_head_weights=False)
+            x = transformer_layer(layer, x, attention_padding)
         x = model.emb_layer_norm_after(x).transpose(0, 1)
         if num_prompts:
             x = torch.cat([x[:, :1], x[:, 1 + num_prompts:]], dim=1)
         return x
+
+
+def transformer_layer(layer: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """fair-esm's pre-norm ESM-2 TransformerLayer, with attention through fused SDPA kernels."""
+    residual = x
+    x = residual + self_attention(layer.self_attn, layer.self_attn_layer_norm(x), padding_mask)
+    residual = x
+    x = layer.fc2(esm_gelu(layer.fc1(layer.final_layer_norm(x))))
+    return residual + x
+
+
+def self_attention(attn: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """fair-esm's rotary multi-head attention (T × B × E in and out) via scaled_dot_product_attention.
+
+    Same arithmetic as `esm.multihead_attention.MultiheadAttention` (q scaled before the rotary
+    embedding, hence `scale=1`), without materialising the T × T weights for backward.
+    """
+    length, batch, width = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # (T, B, E) -> (B·H, T, d), fair-esm's layout
+        return t.reshape(length, batch * heads, head_dim).transpose(0, 1)
+
+    q, k = attn.rot_emb(split(attn.q_proj(x) * attn.scaling), split(attn.k_proj(x)))
+    v = split(attn.v_proj(x))
+    q, k, v = (t.reshape(batch, heads, length, head_dim) for t in (q, k, v))
+    mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    return attn.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, width))
 
 
 def load_backbone(spec: str, *, random_init: bool = False) -> Backbone:

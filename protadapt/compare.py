@@ -28,6 +28,7 @@ from protadapt.training.run import fit, resolve_task
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class Grid:
     """What to run: tasks × methods × seeds (× folds), with an optional fixed training subsample per task."""

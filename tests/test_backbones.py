@@ -78,7 +78,7 @@ def test_forward_equals_fair_esm_representations(which, tokens, masked_tokens, b
         for batch in (tokens, masked_tokens):
             ours = backbone(batch)
             assert ours.shape == (3, 12, backbone.embed_dim)
-            assert max_diff(ours, fair_esm_representations(backbone, batch)) <= 1e-6
+            assert max_diff(ours, fair_esm_representations(backbone, batch)) <= 1e-5  # our forward runs attention through SDPA: same maths, other rounding
 
 
 def test_8m_architecture_matches_the_hf_config(backbone_8m):
@@ -162,7 +162,7 @@ def test_fair_esm_checkpoint_round_trip(which, tmp_path, masked_tokens, backbone
     with torch.no_grad():
         ours = loaded(masked_tokens)
         assert torch.equal(ours, original(masked_tokens))
-        assert max_diff(ours, reference(masked_tokens, repr_layers=[layers])["representations"][layers]) <= 1e-6
+        assert max_diff(ours, reference(masked_tokens, repr_layers=[layers])["representations"][layers]) <= 1e-5
 
 
 @pytest.mark.parametrize("fairseq_names", [True, False], ids=["encoder_-prefixed-args", "plain-args"])

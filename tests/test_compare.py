@@ -79,31 +79,39 @@ def test_compare_writes_both_files_with_one_row_per_run(tmp_path, tiny_base, mon
     assert "| lora |" in text and "seeds 0,1" in text and "Paired against **dora**" in text
 
 
+def fake_fit(calls: list):
+    """A stand-in for `fit` that records its call and writes what a finished cell holds."""
+
+    def fit(config, run_dir, train, test, **_):
+        calls.append((run_dir, len(train), len(test), set(train["id"]) & set(test["id"])))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "f1": 0.5}}))
+        (run_dir / "run.json").write_text(json.dumps({"trainable_params": 1, "backbone": "tiny", "pretrained": False}))
+
+    return fit
+
+
 def test_killed_compare_resumes_only_unfinished_cells(tmp_path, tiny_base, monkeypatch):
-    grid = Grid(["bbb"], ["lora"], [0, 1])
-    run_comparison(tiny_base, grid, tmp_path)
-    cells = tmp_path / "cells" / "bbb"
-    (cells / "lora" / "seed1" / "metrics.json").unlink()  # as if killed while training this cell
-    before = {p: p.stat().st_mtime_ns for p in cells.glob("*/*/metrics.json")}
     calls = []
-    real_fit = compare.fit
-    monkeypatch.setattr(compare, "fit", lambda config, run_dir, **kw: calls.append(run_dir) or real_fit(config, run_dir, **kw))
+    monkeypatch.setattr(compare, "fit", fake_fit(calls))
+    grid = Grid(["bbb"], ["lora", "dora"], [0, 1])
+    run_comparison(tiny_base, grid, tmp_path)
+    assert len(calls) == 4
+    cells = tmp_path / "cells" / "bbb"
+    (cells / "dora" / "seed1" / "metrics.json").unlink()  # as if killed while training this cell
+    (cells / "dora" / "seed1" / "stale.ckpt").write_text("half-written")
+    before = {p: p.stat().st_mtime_ns for p in cells.glob("*/*/metrics.json")}
+    calls.clear()
     table = run_comparison(tiny_base, grid, tmp_path)
-    assert calls == [cells / "lora" / "seed1"]
+    assert [call[0] for call in calls] == [cells / "dora" / "seed1"]
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
-    assert len(table) == 6 and (cells / "lora" / "seed1" / "metrics.json").exists()
+    assert not (cells / "dora" / "seed1" / "stale.ckpt").exists()  # a half-written cell starts afresh
+    assert len(table) == 8 and (cells / "dora" / "seed1" / "metrics.json").exists()
 
 
 def test_cv_cells_use_folds_of_the_training_split(tmp_path, tiny_base, monkeypatch):
     seen = []
-
-    def fake_fit(config, run_dir, train, test, **_):
-        seen.append((run_dir, len(train), len(test), set(train["id"]) & set(test["id"])))
-        run_dir.mkdir(parents=True)
-        (run_dir / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "f1": 0.5}}))
-        (run_dir / "run.json").write_text(json.dumps({"trainable_params": 1, "backbone": "tiny", "pretrained": False}))
-
-    monkeypatch.setattr(compare, "fit", fake_fit)
+    monkeypatch.setattr(compare, "fit", fake_fit(seen))
     table = run_comparison(tiny_base, Grid(["bbb"], ["lora"], [0], cv=3, baselines=("majority",)), tmp_path)
     assert [p.name for p, *_ in seen] == ["fold0", "fold1", "fold2"]
     assert all(not overlap for *_, overlap in seen)

@@ -104,6 +104,8 @@ def tutorial_for_tests(words: list[str]) -> list[str]:
     words = shlex.split(text)
     if words[0] in ("fit", "cv", "predict"):
         words.append("--quiet")
+    if words[0] == "fit":  # README, "Logging": TensorBoard beside the CSV log
+        words.append("trainer.logger=csv,tensorboard")
     return words
 
 
@@ -119,6 +121,11 @@ def test_tutorial_commands_run(tmp_path):
         result = subprocess.run([sys.executable, "-m", "protadapt.cli", *words], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"protadapt {' '.join(words)}\n{result.stderr[-2000:]}"
+        if "--quiet" in words:  # no progress bars, no Lightning banners
+            for noise in ("GPU available", "Epoch", "━", "it/s", "%|"):
+                assert noise not in result.stderr + result.stdout, f"--quiet still prints {noise!r}"
     assert (tmp_path / "runs" / "bbb-lora" / "metrics.json").exists()
+    assert (tmp_path / "runs" / "bbb-lora" / "logs" / "fit" / "metrics.csv").exists()
+    assert list((tmp_path / "runs" / "bbb-lora" / "logs" / "fit").glob("events.out.tfevents.*"))
     assert len((tmp_path / "peptides.predictions.csv").read_text().splitlines()) == 11
     assert (tmp_path / "runs" / "cv-bbb-bidora" / "summary.md").exists()

@@ -9,7 +9,7 @@ Training loaders shuffle, then sort by length inside chunks of 16 batches and sh
 order (seeded by seed and epoch), so batches carry little padding but still vary. Evaluation
 loaders go through the rows shortest first; ``index`` (or `restore_order`) maps results back.
 
-Under DDP (`distributed=True`, used by every loader the DataModule hands to the Trainer) each
+Under DDP (`distributed=True`, used by the DataModule's train, validation and test loaders) each
 process takes its own share: training batches are dealt round-robin from the one seeded order
 all ranks compute, evaluation rows are strided over ranks, and every rank gets the same number
 of batches, so no collective waits on a rank that has run out.
@@ -91,7 +91,8 @@ class ProteinDataModule(lightning.LightningDataModule):
         return self._loader(_need(self.test, "test"), shuffle=False, stream=0)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(_need(self.predict, "predict"), shuffle=False, stream=0)
+        # not sharded: Trainer.predict does not gather, so every rank predicts every row
+        return self._loader(_need(self.predict, "predict"), shuffle=False, stream=0, distributed=False)
 
     def inner_train_dataloader(self) -> DataLoader:
         """Lower level of BiDoRA (and ordinary training): the inner train part, shuffled."""
@@ -110,10 +111,10 @@ class ProteinDataModule(lightning.LightningDataModule):
         self.setup()
         return self.inner_train_df, self.inner_val_df
 
-    def _loader(self, frame: pd.DataFrame, shuffle: bool, stream: int) -> DataLoader:
+    def _loader(self, frame: pd.DataFrame, shuffle: bool, stream: int, distributed: bool = True) -> DataLoader:
         seed = int(np.random.SeedSequence([self.seed, stream]).generate_state(1)[0])
         return make_loader(frame, self.alphabet, self.batch_size, shuffle, seed, self.problem_type, self.num_workers,
-                           distributed=True)
+                           distributed=distributed)
 
 
 def make_loader(

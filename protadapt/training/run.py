@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 # rows gathered over all ranks (the same on each), and the rest are deprecations inside Lightning.
 NOISE = (".*when logging on epoch level in distributed setting.*",
          ".*torch.distributed.nn.functional.all_gather is deprecated.*",
-         ".*isinstance\\(treespec, LeafSpec\\) is deprecated.*",
+         ".*isinstance\\(treespec, LeafSpec\\).* is deprecated.*",
          ".*You defined a `validation_step` but have no `val_dataloader`.*")
 
 
@@ -235,9 +235,9 @@ def make_loggers(config: RunConfig, run_dir: Path, phase: str) -> list[Logger]:
 
 def quiet_lightning(quiet: bool) -> None:
     """Lightning's info lines ("GPU available: ...", "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES") off when quiet."""
-    level = logging.WARNING if quiet else logging.INFO
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(level)
+    if quiet:
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def default_run_dir(config: RunConfig) -> Path:
