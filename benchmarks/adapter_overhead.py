@@ -254,7 +254,7 @@ Target merged ÷ bare ≤ 1.02 (CPU time): {'met' if worst_merged <= 1.02 else '
 
 {markdown_table(TRAINING_HEADER, training_rows)}
 
-Peak extra RSS: rise of the process's peak resident set (`VmHWM`, reset before the step) during one steady-state step, one fresh process per variant (`benchmarks/common.py: peak_memory`). It counts activations, gradients and temporaries the step allocates beyond what was already resident (weights, AdamW state, allocator pools from the warm-up step), including allocator slack; compare rows with each other.
+Peak extra RSS: rise of the process's peak resident set (`VmHWM`, reset before the step) during one steady-state step, one fresh process per variant (`benchmarks/common.py: peak_memory`). It counts activations, gradients and temporaries the step allocates beyond what was resident just before it (weights, AdamW state from the warm-up step; free heap is trimmed first), including allocator slack; compare rows with each other.
 Materialised ‖V‖ = `(W0 + s·B·A).norm(dim=1)` forming each out × in matrix, monkeypatched over `DoRALinear.direction_norm`; low-rank ‖V‖ = protadapt's expansion (memory out × r). `detach_norm=True` treats ‖V‖ as a constant in backward (DoRA paper §4.3).
 """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)

@@ -175,6 +175,22 @@ def time_default_fit(threads: int) -> float:
         return time.perf_counter() - start
 
 
+PASS_COUNT_NOTE = """
+Why the BiDoRA targets are missed: the cost is in the number of forward + backward passes per step,
+not in overhead. DoRA: 1. BiDoRA first-order: 2 (lower step on inner_train; upper step, the
+gradient of the inner_val loss with respect to the magnitudes, which still back-propagates through
+every layer). BiDoRA DARTS: 4 (the lower gradient is reused for the virtual step, then the
+inner_val gradient at V′, then the two finite-difference passes at V⁺ and V⁻). So ≈ 2× and ≈ 4×
+DoRA is what the algorithm costs at `bilevel.unroll_steps=1` (measured on the reference run: 2.4× and 4.5×). With the
+upper step every k lower steps (`bilevel.unroll_steps=k`) the expected cost is (1 + 1/k)× and
+(1 + 3/k)× DoRA: k=2 gives ≈ 1.5× and ≈ 2.5× (estimates from the pass count, not measured here).
+
+Threads: on this shared 2-core machine torch's default of 2 threads was ~100× slower than 1 thread
+for small ops while other jobs ran (a 16×50×32 linear: 20.7 ms vs 0.18 ms), hence `--threads 1` and
+`OMP_NUM_THREADS=1` for the whole fit; on a dedicated machine use the default.
+"""
+
+
 def write_report(args, batch: dict, rows: list, fit_seconds: float | None, load_before: float,
                  load_after: float) -> None:
     residues = (batch["tokens"] != 1).sum(1) - 2
@@ -206,7 +222,7 @@ Targets: BiDoRA first-order ≤ 1.5× DoRA, BiDoRA DARTS ≤ 3× DoRA (CPU time)
 process's peak resident set during one steady-state one-step `fit` after a warm-up fit, in a fresh process
 per method (`benchmarks/common.py: peak_memory`); it includes allocator slack and the Trainer's small
 per-fit allocations, so compare rows with each other.
-
+{PASS_COUNT_NOTE}
 ## A whole default fit
 
 {fit_line}.

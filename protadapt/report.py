@@ -125,7 +125,8 @@ def _settings(runs: pd.DataFrame) -> str:
     n_train = sorted(int(n) for n in runs["n_train"].unique())
     train_text = f"{_range(n_train)} training rows per run"
     if split_rows is not None and runs["fold"].isna().all() and n_train != [split_rows]:
-        train_text += f" (a fixed stratified subsample of the {split_rows}-row training split, seed 0)"
+        train_text += (f" (a fixed subsample of the {split_rows}-row training split, seed 0, stratified by class for "
+                       "classification)")
     epochs = sorted(int(e) for e in models["max_epochs"].dropna().unique())
     seeds = "; ".join(f"{method}: {_seed_list(method_runs)}" for method, method_runs in runs.groupby("method", sort=False))
     return (f"{train_text}, {_range(sorted(int(n) for n in runs['n_test'].unique()))} test rows; "
