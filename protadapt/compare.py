@@ -43,8 +43,11 @@ class Grid:
 
 def run_comparison(base: RunConfig, grid: Grid, out: str | Path) -> pd.DataFrame:
     """Run (or reuse) every cell of `grid`, then write `OUT/comparison.csv`; returns that table."""
+    from tqdm.auto import tqdm
+
     out = Path(out)
-    for cell in plan(base, grid, out):
+    cells = list(plan(base, grid, out))
+    for cell in tqdm(cells, desc="compare cells", unit="cell", disable=base.quiet):
         if cell.method in grid.baselines:
             run_baseline_cell(cell)
         else:

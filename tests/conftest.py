@@ -29,3 +29,12 @@ def tokens() -> torch.Tensor:
     batch[1, 9], batch[1, 10:] = 2, 1
     batch[2, 6], batch[2, 7:] = 2, 1
     return batch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Test models are small: threads add nothing, and cost a lot when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

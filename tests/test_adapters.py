@@ -34,14 +34,6 @@ DORA_METHODS = ("dora", "bidora")
 ESM1B_TINY = Architecture("t", "esm1b", 2, 32, 4, False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: threads add nothing, and cost a lot when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def pristine() -> dict[str, Backbone]:

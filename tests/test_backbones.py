@@ -30,14 +30,6 @@ ESM1B_TINY = Architecture("t", "esm1b", 2, 32, 4, False)
 MASK = 32  # <mask> in the ESM alphabet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: threads add nothing, and cost a lot when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def backbone_8m() -> Backbone:

@@ -28,14 +28,6 @@ REGRESSION_METHODS = ("lora", "bidora", "full")
 RUN_FILES = ("config.yaml", "adapter.safetensors", "adapter.json", "metrics.json", "predictions.csv", "run.json")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def with_figures():

@@ -12,14 +12,6 @@ from protadapt.heads import HeadConfig, ProteinPredictor, mean_pool, residue_mas
 BOS, PAD, EOS = 0, 1, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: threads add nothing, and cost a lot when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def predictor_for(head: HeadConfig) -> ProteinPredictor:
     return ProteinPredictor(load_backbone("tiny"), head, AdapterConfig(method="head")).eval()

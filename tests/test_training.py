@@ -22,13 +22,6 @@ from protadapt.training.bilevel import BiDoRAModule
 from protadapt.training.module import AdapterModule, warmup_schedule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(autouse=True)
 def no_figures(monkeypatch):
