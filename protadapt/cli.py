@@ -9,8 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-COMMANDS = ("fit", "predict", "evaluate", "cv", "compare", "analyze", "methods", "data", "doctor")
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -107,8 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
     analyze.set_defaults(handler=_analyze)
 
-    for extension in _EXTENSIONS:
-        extension(commands)
     return parser
 
 
@@ -271,9 +267,6 @@ def _quiet_libraries() -> None:
                  "lightning.fabric.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
-
-# Commands defined in their own modules add themselves here: a callable(subparsers) -> None.
-_EXTENSIONS: list = []
 
 if __name__ == "__main__":
     sys.exit(main())

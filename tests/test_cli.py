@@ -24,9 +24,8 @@ from protadapt.training.module import AdapterModule
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--backbone", "tiny", "--quiet", "optim.max_epochs=1", "data.batch_size=16"]
 METHODS = ("lora", "dora", "bidora", "full", "head", "wegeft", "prompt")
-REGRESSION_METHODS = ("lora", "bidora", "full")
+REGRESSION_METHODS = ("lora", "bidora", "full", "wegeft", "prompt")
 RUN_FILES = ("config.yaml", "adapter.safetensors", "adapter.json", "metrics.json", "predictions.csv", "run.json")
-
 
 
 @pytest.fixture

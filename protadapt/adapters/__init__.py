@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
 
 from protadapt.adapters.base import (
     Adapter,

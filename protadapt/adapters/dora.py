@@ -9,7 +9,6 @@ official DoRA/BiDoRA code uses `dim=0`, one magnitude per input feature.) Rows a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from protadapt.adapters.base import AdapterConfig

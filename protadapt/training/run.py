@@ -39,7 +39,7 @@ from protadapt.data.splits import identity_groups, kfold_splits
 from protadapt.data.tasks import Task, custom_task, get_task
 from protadapt.evaluation.metrics import METRIC_DIRECTION
 from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plot_training_curves
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import ProteinPredictor
 from protadapt.inference import evaluate_frame, prediction_frame, predict_scores
 from protadapt.training.bilevel import BiDoRAModule, reset_for_retraining
 from protadapt.training.module import AdapterModule
