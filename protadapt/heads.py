@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from protadapt.adapters import AdapterConfig, AdapterError, adapter_state_dict, apply_method, linear_adapters
-from protadapt.adapters.base import load_state_exact, load_tensors, save_tensors
+from protadapt.adapters.base import check_known_keys, load_state_exact, load_tensors, save_tensors
 from protadapt.backbones import Architecture, Backbone, build_random, load_backbone
 
 FORMAT_VERSION = 1
@@ -29,10 +29,7 @@ class HeadConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "HeadConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise AdapterError(f"unknown head setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_known_keys(cls, values, "head")
         return cls(**values)
 
 

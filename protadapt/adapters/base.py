@@ -47,14 +47,19 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "AdapterConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise AdapterError(f"unknown adapter setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        check_known_keys(cls, values, "adapter")
         values = dict(values)
         if values.get("targets") is not None:
             values["targets"] = tuple(values["targets"])
         return cls(**values)
+
+
+def check_known_keys(cls: type, values: dict, what: str) -> None:
+    """Saved or given settings may only name fields of `cls`: a typo is an error, never ignored."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise AdapterError(f"unknown {what} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
 
 
 class Adapter(nn.Module):
