@@ -70,10 +70,10 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
         frame = task.load()
         train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     run_dir = Path(run_dir or default_run_dir(config))
-    run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    predictor = build_predictor(config, task, train)
+    predictor = build_predictor(config, task, train)  # before the run directory: a missing backbone leaves nothing
+    run_dir.mkdir(parents=True, exist_ok=True)
     groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
         if config.data.identity_threshold else None
     datamodule = ProteinDataModule(
