@@ -1,24 +1,27 @@
 """Training-step cost of each method through the real Lightning modules, and one whole default fit.
 
     .venv/bin/python benchmarks/train_step.py [--repeats 6] [--threads 1] [--skip-fit]
+    .venv/bin/python benchmarks/train_step.py --device cuda --backbone esm2_t33_650M_UR50D
 
 Model: the exact ESM-2 8M architecture, random init; adapters r=8, α=16 on q/k/v/out. Batch: the
 16 longest bbb training peptides (fixed, padded once). Every method runs its own module's step inside a `lightning.Trainer`:
 `AdapterModule` (forward + loss + backward + AdamW, automatic optimisation) for LoRA, DoRA and
 full fine-tuning; `BiDoRAModule.training_step` (lower step, hypergradient, upper step) for BiDoRA
 first-order and DARTS, with the same batch as inner_train and inner_val. A callback times each
-step (wall and process CPU time); methods run in rounds (A, B, C, …, A, B, C, …) so outside
+step (wall, and process CPU time or synchronised GPU time); methods run in rounds (A, B, C, …, A, B, C, …) so outside
 load hits all alike; medians after warm-up. Ratios use CPU time, which with one torch thread is
 the work done and barely moves when other jobs compete for the cores. Peak memory: rise of the
 peak resident set during one steady-state `fit` of one step, in a fresh process per method
 (`common.peak_memory`). Then `protadapt fit --task bbb --backbone esm2_t6_8M_UR50D --random-init`
-(all defaults) is timed once. Writes `benchmarks/results/train_step.md`.
+(all defaults) is timed once. Writes `benchmarks/results/train_step.md` (other backbones or `--device cuda`:
+`train_step_BACKBONE_DEVICE.md`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import statistics
 import subprocess
@@ -33,7 +36,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapter_overhead import cpu_model  # noqa: E402
-from common import RESULTS_DIR, markdown_table, mib, peak_memory, run_worker  # noqa: E402
+from common import RESULTS_DIR, markdown_table, mib, peak_memory, pick_device, run_worker  # noqa: E402
 
 import lightning as L  # noqa: E402
 
@@ -49,34 +52,51 @@ from protadapt.training.module import AdapterModule  # noqa: E402
 BACKBONE = "esm2_t6_8M_UR50D"
 BATCH = 16
 RANK, ALPHA = 8, 16.0
-CPU = torch.device("cpu")
+DEVICE = torch.device("cpu")  # --device; main() and the memory worker set it
 REFERENCE = "DoRA"
 METHODS = {  # name -> (adapter method, hypergradient for BiDoRA, lower steps per upper step)
     "LoRA": ("lora", None, 1),
     "DoRA": ("dora", None, 1),
     "BiDoRA first-order": ("bidora", "first_order", 1),
     "BiDoRA DARTS": ("bidora", "darts", 1),
+    "BiDoRA DARTS one-sided": ("bidora", "darts_one_sided", 1),
     "BiDoRA first-order, unroll_steps=2": ("bidora", "first_order", 2),
     "BiDoRA DARTS, unroll_steps=2": ("bidora", "darts", 2),
+    "BiDoRA DARTS one-sided, unroll_steps=2": ("bidora", "darts_one_sided", 2),
+    "BiDoRA first-order, unroll_steps=3": ("bidora", "first_order", 3),
     "full fine-tuning": ("full", None, 1),
 }
-TARGETS = {"BiDoRA first-order": 1.5, "BiDoRA DARTS": 3.0,
-           "BiDoRA first-order, unroll_steps=2": 1.5, "BiDoRA DARTS, unroll_steps=2": 3.0}
-HEADER = ["method", "CPU ms / step (median)", "÷ DoRA (CPU)", "wall ms / step", "÷ DoRA (wall)", "peak extra RSS MiB",
-          "target"]
-FIT_COMMAND = ["fit", "--task", "bbb", "--backbone", BACKBONE, "--random-init", "--quiet"]
+TARGETS = {name: 1.5 if hypergradient == "first_order" else 3.0
+           for name, (_, hypergradient, _) in METHODS.items() if hypergradient}
+
+
+def header() -> list[str]:
+    work, memory = ("CPU", "peak extra RSS MiB") if DEVICE.type == "cpu" else ("GPU (synced wall)", "peak extra CUDA MiB")
+    return ["method", f"{work} ms / step", f"÷ DoRA ({work})", "wall ms / step", "÷ DoRA (wall)", memory, "target"]
+
+
+def fit_command() -> list[str]:
+    accelerator = ["--accelerator", "gpu"] if DEVICE.type == "cuda" else []
+    return ["fit", "--task", "bbb", "--backbone", BACKBONE, "--random-init", "--quiet", *accelerator]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=6, help="timed rounds (each runs every method's steps)")
-    parser.add_argument("--steps", type=int, default=3, help="steps per method per round; the first is warm-up")
+    # after the warm-up step, a whole number of upper-step cycles for every unroll_steps value
+    cycle = math.lcm(*(unroll for _, _, unroll in METHODS.values()))
+    parser.add_argument("--steps", type=int, default=1 + cycle,
+                        help=f"steps per method per round; the first is warm-up (default 1 + {cycle})")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu (CPU time) or cuda (synchronised wall time)")
+    parser.add_argument("--backbone", default=BACKBONE, help="e.g. esm2_t33_650M_UR50D on a GPU")
     parser.add_argument("--skip-fit", action="store_true", help="do not time the whole default fit")
-    parser.add_argument("--worker", nargs=2, metavar=("METHOD", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("METHOD", "THREADS", "DEVICE", "BACKBONE"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return memory_worker(args.worker[0], int(args.worker[1]))
+        return memory_worker(*args.worker)
+    use(args.device, args.backbone)
 
     torch.set_num_threads(args.threads)
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -86,15 +106,29 @@ def main() -> None:
     wall, cpu = step_times(batch, args.repeats, args.steps)
     rows = []
     for name in METHODS:
-        peak = run_worker(Path(__file__), [name, str(args.threads)])["peak_bytes"]
+        peak = run_worker(Path(__file__), [name, str(args.threads), str(DEVICE), BACKBONE])["peak_bytes"]
         ratio = cpu[name] / cpu[REFERENCE]
         target = TARGETS.get(name)
         verdict = "" if target is None else f"≤ {target}× : {'met' if ratio <= target else 'NOT met'}"
         rows.append([name, f"{1e3 * cpu[name]:.0f}", f"{ratio:.2f}", f"{1e3 * wall[name]:.0f}",
                      f"{wall[name] / wall[REFERENCE]:.2f}", mib(peak), verdict])
+    scaling = batch_scaling(batch)
     fit_seconds = None if args.skip_fit else time_default_fit(args.threads)
     load_after = os.getloadavg()[0]
-    write_report(args, batch, rows, fit_seconds, load_before, load_after)
+    write_report(args, batch, rows, scaling, fit_seconds, load_before, load_after)
+
+
+def use(device: str, backbone: str) -> None:
+    global DEVICE, BACKBONE
+    DEVICE, BACKBONE = pick_device(device), backbone
+
+
+def clock() -> float:
+    """Process CPU time on the CPU (the work done, robust to other jobs); synchronised wall time on a GPU."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+        return time.perf_counter()
+    return time.process_time()
 
 
 def bbb_batch() -> dict:
@@ -120,30 +154,56 @@ def build_module(name: str) -> L.LightningModule:
 
 
 class StepClock(L.Callback):
-    """Wall and process-CPU seconds of each training step (hooks around the whole step)."""
+    """Wall and `clock()` seconds of each training step (hooks around the whole step)."""
 
     def __init__(self):
         self.wall: list[float] = []
         self.cpu: list[float] = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._start = (time.perf_counter(), time.process_time())
+        work = clock()
+        self._start = (time.perf_counter(), work)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        work = clock()
         self.wall.append(time.perf_counter() - self._start[0])
-        self.cpu.append(time.process_time() - self._start[1])
+        self.cpu.append(work - self._start[1])
 
 
 def run_steps(module: L.LightningModule, batch: dict, steps: int, callbacks=()) -> None:
     """`steps` training steps of `module` on `batch`, in a fresh Trainer (no logging, no checkpoints)."""
     item = {"inner_train": batch, "inner_val": batch} if isinstance(module, BiDoRAModule) else batch
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu",  # one epoch = `steps` batches (BiDoRA counts 2 per step)
+    trainer = L.Trainer(max_epochs=1,  # one epoch = `steps` batches
+                        accelerator="gpu" if DEVICE.type == "cuda" else "cpu",
+                        devices=[DEVICE.index or 0] if DEVICE.type == "cuda" else 1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=list(callbacks), num_sanity_val_steps=0,
                         gradient_clip_val=None if isinstance(module, BiDoRAModule) else 1.0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(module, train_dataloaders=DataLoader([item] * steps, batch_size=None))
+
+
+def batch_scaling(batch: dict, runs: int = 7) -> tuple[float, float]:
+    """`clock()` seconds of one DoRA forward + backward (to the magnitudes) over the batch and over it
+    twice stacked — what batching the DARTS V⁺/V⁻ pair into one forward would cost against two passes."""
+    torch.manual_seed(0)
+    predictor = ProteinPredictor(load_backbone(BACKBONE, random_init=True), HeadConfig(),
+                                 AdapterConfig(method="dora", rank=RANK, alpha=ALPHA)).to(DEVICE)
+    magnitudes = predictor.magnitude_parameters()
+    batch = {key: value.to(DEVICE) for key, value in batch.items() if key in ("tokens", "labels")}
+
+    def pass_seconds(tokens: torch.Tensor, labels: torch.Tensor) -> float:
+        times = []
+        for _ in range(runs + 1):
+            start = clock()
+            torch.autograd.grad(torch.nn.functional.cross_entropy(predictor(tokens), labels), magnitudes)
+            times.append(clock() - start)
+        return statistics.median(times[1:])
+
+    single = pass_seconds(batch["tokens"], batch["labels"])
+    double = pass_seconds(batch["tokens"].repeat(2, 1), batch["labels"].repeat(2))
+    return single, double
 
 
 def step_times(batch: dict, repeats: int, steps: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -161,13 +221,14 @@ def step_times(batch: dict, repeats: int, steps: int) -> tuple[dict[str, float],
             {n: average[n](c.cpu) for n, c in clocks.items()})
 
 
-def memory_worker(name: str, threads: int) -> None:
-    """In a fresh process: peak extra resident memory of a one-step fit after a warm-up fit."""
-    torch.set_num_threads(threads)
+def memory_worker(name: str, threads: str, device: str, backbone: str) -> None:
+    """In a fresh process: peak extra memory (resident set, or CUDA allocations) of a one-step fit after a warm-up fit."""
+    use(device, backbone)
+    torch.set_num_threads(int(threads))
     batch = bbb_batch()
     module = build_module(name)
     run_steps(module, batch, 2)
-    print(f'{{"peak_bytes": {peak_memory(lambda: run_steps(module, batch, 1), CPU)}}}')
+    print(f'{{"peak_bytes": {peak_memory(lambda: run_steps(module, batch, 1), DEVICE)}}}')
 
 
 def time_default_fit(threads: int) -> float:
@@ -175,21 +236,36 @@ def time_default_fit(threads: int) -> float:
     environment = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        subprocess.run([str(protadapt), *FIT_COMMAND, "--out", out], check=True, env=environment,
+        subprocess.run([str(protadapt), *fit_command(), "--out", out], check=True, env=environment,
                        capture_output=True)
         return time.perf_counter() - start
 
 
 PASS_COUNT_NOTE = """
-Why the BiDoRA targets are missed at `unroll_steps=1`: the cost is in the number of forward + backward passes per step,
-not in overhead. DoRA: 1. BiDoRA first-order: 2 (lower step on inner_train; upper step, the
+Why the BiDoRA targets are missed at `unroll_steps=1`: the cost is the number of forward + backward
+passes per step. DoRA: 1. BiDoRA first-order: 2 (lower step on inner_train; upper step, the
 gradient of the inner_val loss with respect to the magnitudes, which still back-propagates through
-every layer). BiDoRA DARTS: 4 (the lower gradient is reused for the virtual step, then the
-inner_val gradient at V′, then the two finite-difference passes at V⁺ and V⁻). So ≈ 2× and ≈ 4×
-DoRA is what the algorithm costs at `bilevel.unroll_steps=1`. With the
-upper step every k lower steps (`bilevel.unroll_steps=k`) the expected cost is (1 + 1/k)× and
-(1 + 3/k)× DoRA: k=2 gives ≈ 1.5× and ≈ 2.5× by the pass count (the `unroll_steps=2` rows measure it;
-those rows average over steps, since upper steps come every second step).
+every layer). BiDoRA DARTS: 4 (the lower pass is reused for the virtual step; then the inner_val
+gradient at V′ and the two finite-difference passes at V⁺ and V⁻). DARTS one-sided
+(`bilevel.hypergradient=darts_one_sided`): 3, because ∇_M L_tr(V) at the centre of the difference
+comes out of the lower step's own pass, so only V⁺ needs a pass (first- instead of second-order
+accurate in ε: 1.4e-3 relative error against the exact unrolled hypergradient on the tiny test model,
+central 6e-6, first-order 0.23; `tests/test_bilevel.py`). With the upper step every k lower steps
+(`bilevel.unroll_steps=k`) the pass count per step is 1 + 1/k (first-order), 1 + 3/k (DARTS) and
+1 + 2/k (one-sided); the `unroll_steps` rows average over steps, since upper steps come every k-th.
+On top of the passes, every BiDoRA lower step evaluates the orthogonality regulariser R (one Gram
+matrix per adapted layer; on the 8M CPU run of 2026-11-26 about 69 ms, ≈ 0.15 of a DoRA step), which
+plain DoRA does not have.
+
+Batching the V⁺/V⁻ pair into one forward of twice the batch was measured and not built: here
+a DoRA forward + backward over the batch stacked twice costs {double_ratio:.2f}× one over the batch
+({double:.0f} vs {single:.0f} ms CPU), so it would save {saving:.0%} of the pair, about {step_saving:.0%} of a
+DARTS step (on a GPU with small batches it may save more). The one-sided difference removes a whole pass on any device instead.
+
+Since the 2026-11-25 measurement (DoRA 785 ms / step) protadapt's ESM-2 loop runs GELU as the fused
+`F.gelu` (fair-esm spells it as five element-wise kernels) and LoRA/DoRA accumulate B·(A·x) with one
+`addmm`: every method's step got ~40 % cheaper, so the fixed BiDoRA overhead (R) weighs more in the
+ratios than it did then (first-order 1.98× then).
 
 Threads: on this shared 2-core machine torch's default of 2 threads was ~100× slower than 1 thread
 for small ops while other jobs ran (a 16×50×32 linear: 20.7 ms vs 0.18 ms), hence `--threads 1` and
@@ -197,44 +273,50 @@ for small ops while other jobs ran (a 16×50×32 linear: 20.7 ms vs 0.18 ms), he
 """
 
 
-def write_report(args, batch: dict, rows: list, fit_seconds: float | None, load_before: float,
+def write_report(args, batch: dict, rows: list, scaling: tuple[float, float], fit_seconds: float | None,
+                 load_before: float,
                  load_after: float) -> None:
     residues = (batch["tokens"] != 1).sum(1) - 2
-    command = "python benchmarks/train_step.py" + (f" --repeats {args.repeats}" if args.repeats != 6 else "") \
-        + (" --skip-fit" if args.skip_fit else "")
+    command = " ".join(["python benchmarks/train_step.py", *sys.argv[1:]])
+    where = "CPU" if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE)
+    work = "process CPU time" if DEVICE.type == "cpu" else "wall time with the GPU synchronised around each step"
     fit_line = "not run (--skip-fit)" if fit_seconds is None else \
-        f"**{fit_seconds:.0f} s** wall for `protadapt {' '.join(FIT_COMMAND)} --out …` (LoRA, 20 epochs max, " \
+        f"**{fit_seconds:.0f} s** wall for `protadapt {' '.join(fit_command())} --out …` (LoRA, 20 epochs max, " \
         f"early stopping patience 5, inner validation each epoch, then test-set evaluation and figures; " \
         f"OMP_NUM_THREADS={args.threads})"
-    text = f"""# Training step: LoRA, DoRA, BiDoRA, full fine-tuning (ESM-2 8M, random init, CPU)
+    text = f"""# Training step: LoRA, DoRA, BiDoRA, full fine-tuning ({BACKBONE}, random init, {where})
 
-Command: `{command}` (all defaults: {args.repeats} rounds × {args.steps} steps per method, first step of each round is warm-up).
+Command: `{command}` ({args.repeats} rounds × {args.steps} steps per method; the first step of each round is
+warm-up, the other {args.steps - 1} hold a whole number of upper-step cycles for every `unroll_steps` value below).
 
-Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} with {args.threads} thread(s).
-Load average {load_before:.1f} before and {load_after:.1f} after the measurement (the machine has 2 cores and
-was at times shared with other jobs); methods ran in interleaved rounds and ratios use process CPU time,
-which is much less sensitive to outside load than wall time.
+Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__} with {args.threads} thread(s); device {where}.
+Load average {load_before:.1f} before and {load_after:.1f} after the measurement; methods ran in
+interleaved rounds and ratios use {work} (on the CPU much less sensitive to outside load than wall time).
 
 Batch: the 16 longest bbb training peptides ({int(residues.min())}–{int(residues.max())} residues, padded to
-{batch['tokens'].shape[1]} tokens), 2-class head, mean pooling. Adapters r={RANK}, α={ALPHA:g} on q/k/v/out of all 6 layers.
+{batch['tokens'].shape[1]} tokens), 2-class head, mean pooling. Adapters r={RANK}, α={ALPHA:g} on q/k/v/out of every layer.
 Each step is the module's real step inside a `lightning.Trainer`: `AdapterModule` (forward, cross-entropy,
-backward, gradient clipping, AdamW, LR schedule) or `BiDoRAModule.training_step` with unroll_steps=1 (lower
-step on directions + head, hypergradient, upper step on magnitudes; the same batch as inner_train and
-inner_val). Full fine-tuning trains all 7.8 M backbone weights.
+backward, gradient clipping, AdamW, LR schedule) or `BiDoRAModule.training_step` (lower step on
+directions + head, hypergradient, upper step on magnitudes every `unroll_steps` steps, 1 unless the row
+says otherwise; the same batch as inner_train and inner_val). Full fine-tuning trains every backbone weight.
 
-{markdown_table(HEADER, rows)}
+{markdown_table(header(), rows)}
 
-Targets: BiDoRA first-order ≤ 1.5× DoRA, BiDoRA DARTS ≤ 3× DoRA (CPU time). Peak extra RSS: rise of the
-process's peak resident set during one steady-state one-step `fit` after a warm-up fit, in a fresh process
-per method (`benchmarks/common.py: peak_memory`); it includes allocator slack and the Trainer's small
-per-fit allocations, so compare rows with each other.
-{PASS_COUNT_NOTE}
+Targets (issue #8): BiDoRA first-order ≤ 1.5× DoRA, BiDoRA DARTS ≤ 3× DoRA. Peak extra memory: rise of the
+process's peak resident set (CPU) or of `torch.cuda.max_memory_allocated` (GPU) during one steady-state
+one-step `fit` after a warm-up fit, in a fresh process per method (`benchmarks/common.py: peak_memory`);
+on the CPU it includes allocator slack and the Trainer's small per-fit allocations, so compare rows
+with each other.
+{PASS_COUNT_NOTE.format(single=1e3 * scaling[0], double=1e3 * scaling[1], double_ratio=scaling[1] / scaling[0],
+                        saving=1 - scaling[1] / (2 * scaling[0]), step_saving=(2 * scaling[0] - scaling[1]) / (4 * scaling[0]))}
 ## A whole default fit
 
 {fit_line}.
 """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "train_step.md").write_text(text)
+    default = DEVICE.type == "cpu" and BACKBONE == "esm2_t6_8M_UR50D"
+    name = "train_step.md" if default else f"train_step_{BACKBONE}_{DEVICE.type}.md"
+    (RESULTS_DIR / name).write_text(text)
     print(text)
 
 

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-o", "--output", help="CSV to write (default: INPUT_STEM.predictions.csv here)")
     predict.add_argument("--batch-size", type=int, default=32)
     predict.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
+    _add_inference_options(predict)
     predict.add_argument("--quiet", action="store_true")
     predict.set_defaults(handler=_predict)
 
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("input", help="labelled FASTA, CSV or TSV")
     evaluate.add_argument("-o", "--output", help="also write the metrics as JSON here")
     evaluate.add_argument("--batch-size", type=int, default=32)
+    _add_inference_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     methods = commands.add_parser("methods", help="every method and its trainable-parameter count")
@@ -106,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(handler=_analyze)
 
     return parser
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, …")
+    parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"],
+                        help="autocast dtype for the forward (bf16/fp16: faster on recent GPUs)")
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -197,12 +205,14 @@ def _analyze(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from protadapt.data.io import read_sequences, write_csv_atomic
     from protadapt.heads import ProteinPredictor
-    from protadapt.inference import predict_scores, prediction_frame
+    from protadapt.inference import pick_device, predict_scores, prediction_frame
 
+    device = pick_device(args.device)
     predictor, metadata = ProteinPredictor.load(args.run_dir)
     frame = read_sequences(args.input, require_labels=False, truncate=args.truncate,
                            max_length=predictor.backbone.max_residues)
-    scores = predict_scores(predictor, frame, args.batch_size, progress=not args.quiet)
+    predictor.to(device)
+    scores = predict_scores(predictor, frame, args.batch_size, progress=not args.quiet, precision=args.precision)
     output = Path(args.output or f"{Path(args.input).stem}.predictions.csv")
     write_csv_atomic(prediction_frame(frame, scores, metadata["problem_type"], metadata["labels"]), output)
     print(f"wrote {len(frame)} predictions to {output}")
@@ -212,12 +222,14 @@ def _predict(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from protadapt.data.io import read_sequences
     from protadapt.heads import ProteinPredictor
-    from protadapt.inference import evaluate_frame
+    from protadapt.inference import evaluate_frame, pick_device
 
+    device = pick_device(args.device)
     predictor, metadata = ProteinPredictor.load(args.run_dir)
     frame = read_sequences(args.input, require_labels=True, problem_type=metadata["problem_type"], min_class_count=1,
                            max_length=predictor.backbone.max_residues)
-    metrics = evaluate_frame(predictor, frame, metadata["problem_type"], args.batch_size)
+    predictor.to(device)
+    metrics = evaluate_frame(predictor, frame, metadata["problem_type"], args.batch_size, precision=args.precision)
     text = json.dumps(metrics, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")

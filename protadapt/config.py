@@ -50,7 +50,7 @@ class OptimConfig:
 class BilevelConfig:
     """BiDoRA (methods.md): directions on inner_train, magnitudes on inner_val, then retraining."""
 
-    hypergradient: str = "darts"  # darts | first_order
+    hypergradient: str = "darts"  # darts | darts_one_sided | first_order
     unroll_steps: int = 1  # lower steps per upper step
     arch_lr: float = 1e-3  # upper-level (magnitude) learning rate
     arch_weight_decay: float = 0.0

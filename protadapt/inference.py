@@ -16,11 +16,22 @@ from protadapt.training.module import scores as output_scores
 AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}': no CUDA device is visible (torch.cuda.is_available() is False)")
+    return device
+
+
 def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: int = 32,
                    progress: bool = False, precision: str = "32") -> np.ndarray:
     """Class probabilities `[N, C]` or values `[N]`, in the row order of `frame`.
 
-    `precision` "bf16" / "fp16" runs the forward under CUDA autocast; on CPU it is ignored.
+    `precision` "bf16" / "fp16" runs the forward under autocast on the predictor's device (CUDA or
+    CPU); scores come back as float32 either way.
     """
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(AUTOCAST_DTYPES)}")
@@ -28,16 +39,17 @@ def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
     loader = make_loader(frame.reset_index(drop=True), predictor.backbone.alphabet, batch_size=batch_size,
                          shuffle=False, seed=0, problem_type=problem_type)
     device = next(predictor.parameters()).device
-    autocast_dtype = AUTOCAST_DTYPES[precision] if device.type == "cuda" else None
+    autocast_dtype = AUTOCAST_DTYPES[precision]
     was_training = predictor.training
     predictor.eval()
     frozen = exact_base_weights(predictor)
     merge_adapters(predictor)
     results: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype,
+                                                    enabled=autocast_dtype is not None):
             for batch in _progress(loader, progress):
-                output = output_scores(problem_type, predictor(batch["tokens"].to(device)))
+                output = output_scores(problem_type, predictor(batch["tokens"].to(device)).float())
                 results.append((batch["index"], output.cpu()))
     finally:
         unmerge_adapters(predictor)
@@ -51,8 +63,8 @@ def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
 
 
 def evaluate_frame(predictor: ProteinPredictor, frame: pd.DataFrame, problem_type: str, batch_size: int = 32,
-                   scores: np.ndarray | None = None) -> dict[str, float]:
-    scores = predict_scores(predictor, frame, batch_size) if scores is None else scores
+                   scores: np.ndarray | None = None, precision: str = "32") -> dict[str, float]:
+    scores = predict_scores(predictor, frame, batch_size, precision=precision) if scores is None else scores
     metrics = compute_metrics(problem_type, frame["label"].to_numpy(), scores)
     return {k: float(v) for k, v in metrics.items()} | {"n": int(len(frame))}
 

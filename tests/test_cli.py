@@ -214,6 +214,19 @@ def test_predict_missing_run_dir_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_predict_bf16_on_the_cpu_and_a_missing_gpu_is_one_line(lora_run, tmp_path, capsys):
+    fasta = write_fasta(bbb_test().head(8), tmp_path / "x.fasta")
+    full, low = tmp_path / "fp32.csv", tmp_path / "bf16.csv"
+    assert cli(capsys, "predict", lora_run, fasta, "-o", full, "--quiet", "--device", "cpu")[0] == 0
+    assert cli(capsys, "predict", lora_run, fasta, "-o", low, "--quiet", "--precision", "bf16")[0] == 0
+    full_probs, low_probs = pd.read_csv(full)["prob_1"], pd.read_csv(low)["prob_1"]
+    assert (full_probs - low_probs).abs().max() < 3e-2
+    if not torch.cuda.is_available():
+        code, _, err = cli(capsys, "predict", lora_run, fasta, "-o", tmp_path / "gpu.csv", "--device", "cuda")
+        assert code == 1 and len(err.strip().splitlines()) == 1 and "no CUDA device" in err
+        assert not (tmp_path / "gpu.csv").exists()
+
+
 # ---------------------------------------------------------------- cross-validation
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -58,7 +59,27 @@ def test_darts_with_reused_lower_gradient_and_task_only_fd_loss_is_unchanged():
         darts_hypergradient(lower, upper, directions, magnitudes, XI, train_grads=train_grads)
 
 
-@pytest.mark.parametrize("hypergradient", ["darts", "first_order"])
+def test_one_sided_darts_reuses_the_lower_pass_without_changing_the_result():
+    predictor = _predictor()
+    train, val = _batch(1), _batch(2)
+    lower = lambda: F.cross_entropy(predictor(train["tokens"]), train["labels"]) \
+        + 0.1 * predictor.orthogonality_penalty()  # noqa: E731
+    upper = lambda: F.cross_entropy(predictor(val["tokens"]), val["labels"])  # noqa: E731
+    directions, magnitudes = predictor.direction_parameters(), predictor.magnitude_parameters()
+
+    plain = darts_hypergradient(lower, upper, directions, magnitudes, XI, one_sided=True)
+    seed = new_noise_seed()
+    with same_noise(seed):
+        grads = torch.autograd.grad(lower(), directions + magnitudes)  # the lower step's one pass
+    reused = darts_hypergradient(lower, upper, directions, magnitudes, XI, one_sided=True,
+                                 train_grads=grads[: len(directions)], train_magnitude_grads=grads[len(directions):],
+                                 noise_seed=seed)
+    torch.testing.assert_close(_flat(reused), _flat(plain), rtol=1e-7, atol=1e-12)
+    central = darts_hypergradient(lower, upper, directions, magnitudes, XI)
+    assert not torch.allclose(_flat(reused), _flat(central), rtol=1e-9, atol=0)  # a different difference
+
+
+@pytest.mark.parametrize("hypergradient", ["darts", "darts_one_sided", "first_order"])
 def test_bidora_training_step_is_the_spec_update(hypergradient):
     """With SGD and no clipping: V ← V − lr·∇_V L_tr(V); M ← M − arch_lr·hypergradient."""
     predictor = _predictor()
@@ -76,8 +97,9 @@ def test_bidora_training_step_is_the_spec_update(hypergradient):
     lower = lambda: module.lower_objective(batch["inner_train"])  # noqa: E731
     upper = lambda: module.upper_objective(batch["inner_val"])  # noqa: E731
     lower_grads = torch.autograd.grad(lower(), directions)
-    if hypergradient == "darts":  # at V, before the lower step
-        hyper = darts_hypergradient(lower, upper, directions, magnitudes, XI)
+    if hypergradient != "first_order":  # at V, before the lower step
+        hyper = darts_hypergradient(lower, upper, directions, magnitudes, XI,
+                                    one_sided=hypergradient == "darts_one_sided")
     expected_directions = [d.detach() - XI * g for d, g in zip(directions, lower_grads)]
     if hypergradient == "first_order":  # at the updated V
         originals = [d.detach().clone() for d in directions]
@@ -95,7 +117,8 @@ def test_bidora_training_step_is_the_spec_update(hypergradient):
     torch.testing.assert_close(_flat(magnitudes), _flat(expected_magnitudes), rtol=1e-9, atol=1e-12)
 
 
-def test_predict_precision_is_a_no_op_on_cpu_and_checked():
+@pytest.mark.parametrize("precision, tolerance", [("bf16", 3e-2), ("fp16", 5e-3)])
+def test_predict_precision_autocasts_and_returns_float32(precision, tolerance):
     torch.manual_seed(0)
     predictor = ProteinPredictor(load_backbone("tiny"), HeadConfig(), AdapterConfig(method="dora", rank=4))
     with torch.no_grad():
@@ -103,9 +126,11 @@ def test_predict_precision_is_a_no_op_on_cpu_and_checked():
             layer.up.normal_(0, 0.1)
     frame = pd.DataFrame({"id": ["a", "b", "c"], "sequence": ["MKV", "ACDEFGHIK", "LLLL"]})
     full = predict_scores(predictor, frame, batch_size=2)
-    # equal up to the rounding a DoRA merge/unmerge round trip leaves in W0
-    torch.testing.assert_close(predict_scores(predictor, frame, batch_size=2, precision="bf16"), full,
-                               rtol=1e-5, atol=1e-6)
+    low = predict_scores(predictor, frame, batch_size=2, precision=precision)
+    assert low.dtype == np.float32 and np.allclose(low.sum(1), 1.0, atol=1e-5)
+    assert not np.array_equal(low, full)  # autocast really ran (on the CPU here, CUDA on a GPU)
+    np.testing.assert_allclose(low, full, atol=tolerance)
+    torch.testing.assert_close(predict_scores(predictor, frame, batch_size=2), full)  # weights left exact
     with pytest.raises(ValueError, match="precision"):
         predict_scores(predictor, frame, precision="fp8")
 

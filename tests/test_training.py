@@ -109,7 +109,7 @@ def run_search(hypergradient: str, unroll_steps: int, batches: int = 6) -> Level
     return recorder
 
 
-@pytest.mark.parametrize("hypergradient", ["darts", "first_order"])
+@pytest.mark.parametrize("hypergradient", ["darts", "darts_one_sided", "first_order"])
 def test_bidora_levels_move_only_their_own_parameters(hypergradient):
     recorder = run_search(hypergradient, unroll_steps=1, batches=4)
     assert [(s.batch, s.level) for s in recorder.steps] == [(b, level) for b in range(4) for level in ("lower", "upper")]

@@ -55,7 +55,7 @@ class DoRALinear(LoRALinear):
         # W·x + b = (m/‖V‖) ⊙ (W0·x + s·B·A·x) + b, written so that at init (scale exactly 1) the
         # result is bit-identical to the base layer: (base(x) + lora)·scale − (scale − 1)·b.
         scale = self.scale()
-        result = (self.base_layer(x) + self.low_rank(self.dropout(x))) * scale
+        result = self.add_low_rank(self.base_layer(x), self.dropout(x)) * scale
         bias = self.base_layer.bias
         return result if bias is None else result - (scale - 1) * bias
 

@@ -28,6 +28,8 @@ from protadapt.heads import ProteinPredictor
 from protadapt.training.module import AdapterModule, decay_groups, warmup_schedule
 
 Loss = Callable[[], torch.Tensor]
+# forward + backward passes per upper step, beyond the lower step's own (benchmarks/results/train_step.md)
+HYPERGRADIENTS = {"darts": 3, "darts_one_sided": 2, "first_order": 1}
 
 
 class BiDoRAModule(AdapterModule):
@@ -37,8 +39,8 @@ class BiDoRAModule(AdapterModule):
         super().__init__(predictor, optim)
         if not predictor.magnitude_parameters():
             raise ValueError("BiDoRA needs DoRA layers (method 'bidora'); this model has no magnitudes")
-        if bilevel.hypergradient not in ("darts", "first_order"):
-            raise ValueError(f"unknown hypergradient '{bilevel.hypergradient}'; choose darts or first_order")
+        if bilevel.hypergradient not in HYPERGRADIENTS:
+            raise ValueError(f"unknown hypergradient '{bilevel.hypergradient}'; choose one of: {', '.join(HYPERGRADIENTS)}")
         self.bilevel = bilevel
         self.automatic_optimization = False
 
@@ -69,18 +71,23 @@ class BiDoRAModule(AdapterModule):
         inner_train, inner_val = batch["inner_train"], batch["inner_val"]
 
         upper_now = (batch_idx + 1) % self.bilevel.unroll_steps == 0
-        darts_now = upper_now and self.bilevel.hypergradient == "darts"
+        darts_now = upper_now and self.bilevel.hypergradient != "first_order"
+        one_sided = self.bilevel.hypergradient == "darts_one_sided"
         upper_loss: Loss = lambda: self.upper_objective(inner_val)  # noqa: E731
-        # DARTS needs ∇_V L_tr at the current V for its virtual step: take it from the lower step
-        # (same batch, same dropout noise) and evaluate the hypergradient before that step moves V.
+        # DARTS needs ∇_V L_tr at the current V for its virtual step (and the one-sided difference
+        # ∇_M L_tr there): take both from the lower step's pass (same batch, same dropout noise) and
+        # evaluate the hypergradient before that step moves V.
         noise_seed = new_noise_seed() if darts_now else None
         with same_noise(noise_seed) if darts_now else contextlib.nullcontext():
             lower_loss = self.lower_objective(inner_train)
-        lower_grads = torch.autograd.grad(lower_loss, directions)
+        wanted = directions + magnitudes if darts_now and one_sided else directions
+        grads = torch.autograd.grad(lower_loss, wanted)
+        lower_grads, centre_grads = list(grads[: len(directions)]), list(grads[len(directions):]) or None
         if darts_now:
             hyper = darts_hypergradient(
                 lambda: self.lower_objective(inner_train), upper_loss, directions, magnitudes,
-                lower_opt.param_groups[0]["lr"], train_grads=lower_grads, noise_seed=noise_seed,
+                lower_opt.param_groups[0]["lr"], one_sided=one_sided, train_grads=lower_grads,
+                train_magnitude_grads=centre_grads, noise_seed=noise_seed,
                 # ∇_M R(V) = 0: the finite-difference passes need the task loss only
                 magnitude_lower_loss=lambda: self.loss(self(inner_train["tokens"]), inner_train["labels"]))
         self._step(lower_opt, directions, lower_grads)
@@ -103,19 +110,25 @@ class BiDoRAModule(AdapterModule):
 
 
 def darts_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.Parameter],
-                        magnitudes: list[nn.Parameter], xi: float, *, train_grads: list[torch.Tensor] | None = None,
-                        noise_seed: int | None = None, magnitude_lower_loss: Loss | None = None) -> list[torch.Tensor]:
+                        magnitudes: list[nn.Parameter], xi: float, *, one_sided: bool = False,
+                        train_grads: list[torch.Tensor] | None = None,
+                        train_magnitude_grads: list[torch.Tensor] | None = None, noise_seed: int | None = None,
+                        magnitude_lower_loss: Loss | None = None) -> list[torch.Tensor]:
     """∇_M L_val(V′, M) − ξ·[∇_M L_tr(V⁺, M) − ∇_M L_tr(V⁻, M)] / 2ε, with V′ = V − ξ∇_V L_tr,
     V± = V ± ε·∇_V′ L_val and ε = 0.01 / ‖∇_V′ L_val‖ (DARTS, Liu et al. 2019, eq. 7–8).
 
-    All three lower-loss evaluations see the same random numbers (dropout), so the finite
-    difference measures the change of V alone. The directions are restored on return.
+    `one_sided`: [∇_M L_tr(V⁺, M) − ∇_M L_tr(V, M)] / ε instead — first- rather than second-order
+    accurate in ε, and one forward/backward pass fewer, because ∇_M L_tr at V comes with the lower
+    step's own pass (`train_magnitude_grads`).
 
-    Reuse, to save passes: `train_grads` = ∇_V L_tr(V) already computed under
-    `same_noise(noise_seed)` (skips one forward/backward); `magnitude_lower_loss`, the part of
-    L_tr that depends on M, for the two V± passes (e.g. without the orthogonality term).
+    All lower-loss evaluations see the same random numbers (dropout), so the finite difference
+    measures the change of V alone. The directions are restored on return.
+
+    Reuse, to save passes: `train_grads` = ∇_V L_tr(V) and `train_magnitude_grads` = ∇_M L_tr(V),
+    already computed under `same_noise(noise_seed)`; `magnitude_lower_loss`, the part of L_tr that
+    depends on M, for the passes at V± (e.g. without the orthogonality term).
     """
-    if train_grads is not None and noise_seed is None:
+    if (train_grads is not None or train_magnitude_grads is not None) and noise_seed is None:
         raise ValueError("train_grads must come with the noise_seed they were computed under")
     original = [d.detach().clone() for d in directions]
     noise_seed = new_noise_seed() if noise_seed is None else noise_seed
@@ -124,6 +137,9 @@ def darts_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.
         if train_grads is None:
             with same_noise(noise_seed):
                 train_grads = torch.autograd.grad(lower_loss(), directions)
+        if one_sided and train_magnitude_grads is None:
+            with same_noise(noise_seed):
+                train_magnitude_grads = torch.autograd.grad(magnitude_lower_loss(), magnitudes)
         train_grads = [g.detach().clone() for g in train_grads]  # the caller may clip its copy in place
         _assign(directions, [o - xi * g for o, g in zip(original, train_grads)])  # V′
 
@@ -138,6 +154,8 @@ def darts_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.
         _assign(directions, [o + eps * g for o, g in zip(original, direction_grads)])  # V⁺
         with same_noise(noise_seed):
             plus = torch.autograd.grad(magnitude_lower_loss(), magnitudes)
+        if one_sided:
+            return [gm - xi * (p - c) / eps for gm, p, c in zip(magnitude_grads, plus, train_magnitude_grads)]
         _assign(directions, [o - eps * g for o, g in zip(original, direction_grads)])  # V⁻
         with same_noise(noise_seed):
             minus = torch.autograd.grad(magnitude_lower_loss(), magnitudes)
