@@ -253,9 +253,9 @@ accurate in ε: 1.4e-3 relative error against the exact unrolled hypergradient o
 central 6e-6, first-order 0.23; `tests/test_bilevel.py`). With the upper step every k lower steps
 (`bilevel.unroll_steps=k`) the pass count per step is 1 + 1/k (first-order), 1 + 3/k (DARTS) and
 1 + 2/k (one-sided); the `unroll_steps` rows average over steps, since upper steps come every k-th.
-On top of the passes, every BiDoRA lower step evaluates the orthogonality regulariser R (one Gram
-matrix per adapted layer; on the 8M CPU run of 2026-11-26 about 69 ms, ≈ 0.15 of a DoRA step), which
-plain DoRA does not have.
+On top of the passes, every BiDoRA lower step evaluates the orthogonality regulariser R, which plain
+DoRA does not have: on 8M (CPU, 2026-11-26) 45 ms forward + backward through the low-rank expansion of
+`DoRALinear.orthogonality_penalty` (≈ 0.10 of a DoRA step), 69 ms through the Gram matrix of D̂ before.
 
 Batching the V⁺/V⁻ pair into one forward of twice the batch was measured and not built: here
 a DoRA forward + backward over the batch stacked twice costs {double_ratio:.2f}× one over the batch
@@ -264,7 +264,7 @@ DARTS step (on a GPU with small batches it may save more). The one-sided differe
 
 Since the 2026-11-25 measurement (DoRA 785 ms / step) protadapt's ESM-2 loop runs GELU as the fused
 `F.gelu` (fair-esm spells it as five element-wise kernels) and LoRA/DoRA accumulate B·(A·x) with one
-`addmm`: every method's step got ~40 % cheaper, so the fixed BiDoRA overhead (R) weighs more in the
+`addmm`: every method's step got ~40 % cheaper, so BiDoRA's fixed overhead (R) weighs more in the
 ratios than it did then (first-order 1.98× then).
 
 Threads: on this shared 2-core machine torch's default of 2 threads was ~100× slower than 1 thread

@@ -17,6 +17,12 @@ from protadapt.adapters import AdapterConfig
 from protadapt.heads import HeadConfig
 
 
+SCHEDULES = ("cosine", "linear", "constant")
+# forward + backward passes per upper step, beyond the lower step's own (benchmarks/results/train_step.md)
+HYPERGRADIENTS = {"darts": 3, "darts_one_sided": 2, "first_order": 1}
+LOGGERS = ("csv", "tensorboard", "none")
+
+
 class ConfigError(ValueError):
     """A one-line problem with a config file or override."""
 
@@ -119,7 +125,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             cursor = cursor.setdefault(part, {})
         cursor[leaf] = yaml.safe_load(raw) if raw.strip() else None
         _update(config, nested, f"override '{item}'")
+    check_choices(config)
     return config
+
+
+def check_choices(config: RunConfig) -> None:
+    """Reject unknown choices before anything runs or is written (adapter names are checked on use)."""
+    choices = {"optim.schedule": ([config.optim.schedule], SCHEDULES),
+               "bilevel.hypergradient": ([config.bilevel.hypergradient], HYPERGRADIENTS),
+               "trainer.logger": (config.trainer.logger.split(","), LOGGERS)}
+    for key, (values, allowed) in choices.items():
+        for value in values:
+            if value.strip() not in allowed:
+                raise ConfigError(f"unknown {key} '{value}'; choose one of: {', '.join(allowed)}")
+    if config.bilevel.unroll_steps < 1:
+        raise ConfigError(f"bilevel.unroll_steps must be at least 1, not {config.bilevel.unroll_steps}")
 
 
 def _update(target: Any, values: dict, source: str, prefix: str = "") -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from protadapt.adapters import AdapterConfig
+from protadapt.adapters import AdapterConfig, DoRALinear
 from protadapt.backbones import load_backbone
 from protadapt.heads import HeadConfig, ProteinPredictor
 from protadapt.training.bilevel import darts_hypergradient, first_order_hypergradient, reset_for_retraining
@@ -129,3 +131,25 @@ def test_retraining_reset_freezes_magnitudes_and_restarts_directions():
         assert torch.equal(magnitude, value) and not magnitude.requires_grad
     ups = [p for n, p in predictor.named_parameters() if n.endswith(".up")]
     assert ups and all(torch.count_nonzero(u) == 0 for u in ups)
+
+
+@pytest.mark.parametrize("in_features, out_features", [(40, 40), (48, 32), (32, 48)])
+def test_orthogonality_penalty_is_the_unit_row_gram_distance_from_identity(in_features, out_features):
+    """R = ‖D̂D̂ᵀ − I‖_F over unit rows of V = W0 + sBA, value and gradient, for square, wide and tall layers."""
+    torch.manual_seed(0)
+    layer = DoRALinear(nn.Linear(in_features, out_features), AdapterConfig(method="dora", rank=4)).double()
+    with torch.no_grad():
+        layer.base_row_sq.copy_(layer.base_layer.weight.pow(2).sum(1))  # the float64 norms of W0
+        layer.up.normal_(0, 0.3)
+
+    def explicit() -> torch.Tensor:
+        direction = layer.base_layer.weight + layer.scaling * layer.up @ layer.down
+        unit = direction / direction.norm(dim=1, keepdim=True)
+        return (unit @ unit.T - torch.eye(out_features, dtype=unit.dtype)).norm()
+
+    penalty, reference = layer.orthogonality_penalty(), explicit()
+    assert penalty.item() > 1.0
+    torch.testing.assert_close(penalty, reference, rtol=1e-12, atol=0)
+    for got, want in zip(torch.autograd.grad(penalty, [layer.down, layer.up]),
+                         torch.autograd.grad(reference, [layer.down, layer.up])):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

@@ -324,10 +324,15 @@ def test_unknown_yaml_key_is_one_line(tmp_path, capsys):
     ("optim.lr=fast", ["optim.lr", "number"]),
     ("optim=3", ["optim", "section"]),
     ("nonsense", ["key=value"]),
+    ("bilevel.hypergradient=darts_two", ["bilevel.hypergradient", "darts_one_sided"]),
+    ("bilevel.unroll_steps=0", ["bilevel.unroll_steps", "at least 1"]),
+    ("optim.schedule=step", ["optim.schedule", "cosine"]),
+    ("trainer.logger=csv,wandb", ["trainer.logger", "wandb"]),
 ])
 def test_bad_override_is_one_line(tmp_path, capsys, override, words):
-    code, _, err = cli(capsys, "fit", "--backbone", "tiny", "--out", tmp_path / "run", override)
+    code, _, err = cli(capsys, "fit", "--method", "bidora", "--backbone", "tiny", "--out", tmp_path / "run", override)
     assert code == 1
+    assert not (tmp_path / "run").exists()  # nothing written
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     for word in words:
         assert word in err

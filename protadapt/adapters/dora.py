@@ -34,15 +34,16 @@ class DoRALinear(LoRALinear):
         return [self.magnitude]
 
     def direction_norm(self) -> torch.Tensor:
-        """Row norms of V = W0 + s·B·A without materialising V.
+        """Row norms of V = W0 + s·B·A without materialising V (see `_direction_norm_sq`)."""
+        return self._direction_norm_sq().clamp_min(0).sqrt()
 
-        ‖v_i‖² = ‖w0_i‖² + 2s·⟨b_i, (W0·Aᵀ)_i⟩ + s²·b_i·(A·Aᵀ)·b_iᵀ — memory out×r instead of out×in.
-        """
+    def _direction_norm_sq(self) -> torch.Tensor:
+        """‖v_i‖² = ‖w0_i‖² + 2s·⟨b_i, (W0·Aᵀ)_i⟩ + s²·b_i·(A·Aᵀ)·b_iᵀ — memory out×r instead of out×in."""
         w0 = self.base_layer.weight
         s = self.scaling
         cross = (self.up * (w0 @ self.down.T)).sum(NORM_DIM)
         low_rank = ((self.up @ (self.down @ self.down.T)) * self.up).sum(NORM_DIM)
-        return (self.base_row_sq + 2 * s * cross + s * s * low_rank).clamp_min(0).sqrt()
+        return self.base_row_sq + 2 * s * cross + s * s * low_rank
 
     def scale(self) -> torch.Tensor:
         """m / ‖V‖ per output feature; ‖V‖ optionally detached (the paper's memory trick)."""
@@ -67,12 +68,34 @@ class DoRALinear(LoRALinear):
     def orthogonality_penalty(self) -> torch.Tensor:
         """‖D̂·D̂ᵀ − I‖_F over the unit direction rows D̂ (BiDoRA's regulariser R).
 
-        Uses ‖D̂D̂ᵀ‖_F = ‖D̂ᵀD̂‖_F and diag(D̂D̂ᵀ) = 1 to work with the smaller Gram matrix.
+        diag(D̂D̂ᵀ) = 1, so ‖D̂D̂ᵀ − I‖²_F = ‖D̂D̂ᵀ‖²_F − out. With V·Vᵀ = K + Q·S·Qᵀ (K = W0·W0ᵀ
+        constant, Q = [W0·Aᵀ | B], S = [[0, s], [s, s²·A·Aᵀ]]) and μ_i = 1/‖v_i‖²,
+            ‖D̂D̂ᵀ‖²_F = μᵀ(K∘K)μ + 2·tr(S·(μQ)ᵀK(μQ)) + tr((S·Qᵀ·diag(μ)·Q)²),
+        so the trainable part costs out²·2r and no out × out tensor enters the graph: R is ~3× cheaper
+        than through the Gram matrix of D̂ (benchmarks/results/train_step.md). When out > in, the
+        in × in Gram matrix is the smaller one and is used directly.
         """
-        direction = self.base_layer.weight + self.delta_weight()
-        unit = direction / direction.norm(dim=NORM_DIM, keepdim=True)
-        gram = unit.T @ unit if unit.shape[0] > unit.shape[1] else unit @ unit.T
-        return (gram.pow(2).sum() - unit.shape[0]).clamp_min(0).sqrt()
+        w0, down, up, s = self.base_layer.weight, self.down, self.up, self.scaling
+        rows = w0.shape[0]
+        if rows > w0.shape[1]:
+            direction = w0 + self.delta_weight()
+            unit = direction / direction.norm(dim=NORM_DIM, keepdim=True)
+            return ((unit.T @ unit).pow(2).sum() - rows).clamp_min(0).sqrt()
+        with torch.no_grad():
+            base_gram = w0 @ w0.T
+            base_gram_sq = base_gram.square()
+        inverse_sq = 1 / self._direction_norm_sq()  # μ
+        q = torch.cat([w0 @ down.T, up], dim=1)  # out × 2r
+        rank = down.shape[0]
+        eye = torch.eye(rank, dtype=w0.dtype, device=w0.device)
+        core = torch.cat([torch.cat([torch.zeros_like(eye), s * eye], 1),
+                          torch.cat([s * eye, (s * s) * (down @ down.T)], 1)], 0)  # S, symmetric 2r × 2r
+        weighted = q * inverse_sq[:, None]  # diag(μ)·Q
+        constant = inverse_sq @ (base_gram_sq @ inverse_sq)
+        mixed = 2 * (core * (weighted.T @ (base_gram @ weighted))).sum()  # tr(S·M) = Σ S∘M, both symmetric
+        small = core @ (q.T @ weighted)  # S·Qᵀ·diag(μ)·Q
+        low_rank = (small * small.T).sum()  # tr(X²) = Σ X∘Xᵀ
+        return (constant + mixed + low_rank - rows).clamp_min(0).sqrt()
 
     def _merge(self) -> None:
         scale = self.scale()

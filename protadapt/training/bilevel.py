@@ -23,13 +23,11 @@ import torch.distributed as dist
 from torch import nn
 
 from protadapt.adapters import linear_adapters
-from protadapt.config import BilevelConfig, OptimConfig
+from protadapt.config import HYPERGRADIENTS, BilevelConfig, OptimConfig
 from protadapt.heads import ProteinPredictor
 from protadapt.training.module import AdapterModule, decay_groups, warmup_schedule
 
 Loss = Callable[[], torch.Tensor]
-# forward + backward passes per upper step, beyond the lower step's own (benchmarks/results/train_step.md)
-HYPERGRADIENTS = {"darts": 3, "darts_one_sided": 2, "first_order": 1}
 
 
 class BiDoRAModule(AdapterModule):

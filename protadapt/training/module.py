@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protadapt.config import OptimConfig
+from protadapt.config import SCHEDULES, OptimConfig
 from protadapt.evaluation.metrics import compute_metrics
 from protadapt.heads import ProteinPredictor
 
@@ -121,8 +121,8 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_
     """Linear warm-up over `warmup_fraction` of the steps, then cosine, linear or constant decay."""
     warmup = int(optim.warmup_fraction * total_steps)
     kind = schedule or optim.schedule
-    if kind not in ("cosine", "linear", "constant"):
-        raise ValueError(f"unknown schedule '{kind}'; choose cosine, linear or constant")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown schedule '{kind}'; choose one of: {', '.join(SCHEDULES)}")
 
     def factor(step: int) -> float:
         if step < warmup:

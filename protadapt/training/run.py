@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import CombinedLoader
 
 from protadapt.adapters import count_trainable
 from protadapt.backbones import load_backbone
-from protadapt.config import ConfigError, DataConfig, RunConfig
+from protadapt.config import ConfigError, DataConfig, RunConfig, check_choices
 from protadapt.data.datamodule import ProteinDataModule
 from protadapt.data.io import write_csv_atomic
 from protadapt.data.splits import identity_groups, kfold_splits
@@ -65,6 +65,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
         train: pd.DataFrame | None = None, test: pd.DataFrame | None = None) -> RunResult:
     """Train one model and write its run directory; `train`/`test` override the task's split."""
     started = time.perf_counter()
+    check_choices(config)
     task = resolve_task(config.data)
     if train is None:
         frame = task.load()
