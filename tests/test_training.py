@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.strategies import Strategy
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
@@ -259,3 +260,33 @@ def test_regression_loss_is_mse_and_classification_is_cross_entropy():
 def test_run_paths(tmp_path):
     config = quick_config("dora", f"out={tmp_path}", "seed=4")
     assert run_module.default_run_dir(config) == Path(tmp_path) / "bbb-dora-seed4"
+
+
+def test_fit_evaluates_where_it_trained_and_at_the_training_precision(tmp_path, monkeypatch):
+    """Lightning's teardown moves the model to the CPU; fit moves it back before its own evaluation."""
+    seen = []
+    original_to, original_predict = run_module.AdapterModule.to, run_module.predict_scores
+
+    def record_to(module, *args, **kwargs):
+        seen.append(("to", str(args[0]) if args else str(kwargs)))
+        return original_to(module, *args, **kwargs)
+
+    def record_predict(predictor, frame, batch_size=32, progress=False, precision="32"):
+        seen.append(("predict", precision))
+        return original_predict(predictor, frame, batch_size, progress, precision)
+
+    def record_teardown(strategy):
+        seen.append(("teardown", ""))
+        original_teardown(strategy)
+
+    original_teardown = Strategy.teardown
+    monkeypatch.setattr(run_module.AdapterModule, "to", record_to)
+    monkeypatch.setattr(run_module, "predict_scores", record_predict)
+    monkeypatch.setattr(Strategy, "teardown", record_teardown)
+    result = run_module.fit(quick_config("lora", "optim.max_epochs=1", "trainer.precision=bf16-mixed"), tmp_path / "run")
+    teardown = max(i for i, event in enumerate(seen) if event[0] == "teardown")
+    assert ("to", "cpu") in seen[teardown:]  # back onto the trainer's root device (here the CPU) after teardown
+    assert ("predict", "bf16") in seen[teardown:]
+    assert 0.0 <= result.metrics["test"]["accuracy"] <= 1.0
+    assert [run_module.inference_precision(p) for p in ("32-true", "bf16-mixed", "16-mixed", 16, "bf16-true")] == \
+        ["32", "bf16", "fp16", "fp16", "bf16"]

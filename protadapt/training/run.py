@@ -110,12 +110,14 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
                 "seed": config.seed}
     predictor.save(run_dir, metadata)
     config.save(run_dir / "config.yaml")
-    metrics = {"val": evaluate_frame(predictor, datamodule.inner_val_df, task.problem_type, config.data.batch_size)}
+    precision = inference_precision(config.trainer.precision)
+    metrics = {"val": evaluate_frame(predictor, datamodule.inner_val_df, task.problem_type, config.data.batch_size,
+                                     precision=precision)}
     if config.adapter.method == "bidora" and config.bilevel.retrain:
         metrics["val_note"] = "BiDoRA retrains on all training data, inner validation split included"
     if test is not None and not test.empty:
         test = test.reset_index(drop=True)
-        scores = predict_scores(predictor, test, config.data.batch_size)
+        scores = predict_scores(predictor, test, config.data.batch_size, precision=precision)
         metrics["test"] = evaluate_frame(predictor, test, task.problem_type, config.data.batch_size, scores=scores)
         write_csv_atomic(prediction_frame(test, scores, task.problem_type, metadata["labels"]), run_dir / "predictions.csv")
         plot_predictions(test["label"].to_numpy(), scores, task.problem_type, run_dir)
@@ -278,11 +280,19 @@ def _train(module: AdapterModule, config: RunConfig, run_dir: Path, phase: str, 
         with keep_earlier_logs(run_dir / "logs" / phase / "metrics.csv", resuming):
             trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader,
                         ckpt_path=str(last) if resuming else None)
-    if not monitor or not checkpoint.best_model_path:
-        return trainer.current_epoch
-    state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
-    module.load_state_dict(state["state_dict"], strict=False)
-    return int(state["epoch"])
+    epoch = trainer.current_epoch
+    if monitor and checkpoint.best_model_path:
+        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"], strict=False)
+        epoch = int(state["epoch"])
+    module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU: evaluate where it trained
+    return epoch
+
+
+def inference_precision(trainer_precision: str | int) -> str:
+    """The autocast dtype of Lightning's precision setting, for the run's own evaluation."""
+    text = str(trainer_precision)
+    return "bf16" if text.startswith("bf16") else "fp16" if text.startswith("16") else "32"
 
 
 @contextlib.contextmanager
