@@ -139,7 +139,6 @@ def test_orthogonality_penalty_is_the_unit_row_gram_distance_from_identity(in_fe
     torch.manual_seed(0)
     layer = DoRALinear(nn.Linear(in_features, out_features), AdapterConfig(method="dora", rank=4)).double()
     with torch.no_grad():
-        layer.base_row_sq.copy_(layer.base_layer.weight.pow(2).sum(1))  # the float64 norms of W0
         layer.up.normal_(0, 0.3)
 
     def explicit() -> torch.Tensor:

@@ -21,8 +21,6 @@ class DoRALinear(LoRALinear):
     def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
         super().__init__(base_layer, config)
         self.detach_norm = config.detach_norm
-        # ‖w0_i‖², cached: the base weight is frozen, and the norm of V is expanded around it.
-        self.register_buffer("base_row_sq", base_layer.weight.detach().pow(2).sum(NORM_DIM), persistent=False)
         self.magnitude = nn.Parameter(self.direction_norm().detach().clone())  # m, = ‖W0‖ so W = W0 at init
         self.register_buffer("merge_scale", torch.ones_like(self.magnitude), persistent=False)
 
@@ -41,9 +39,11 @@ class DoRALinear(LoRALinear):
         """‖v_i‖² = ‖w0_i‖² + 2s·⟨b_i, (W0·Aᵀ)_i⟩ + s²·b_i·(A·Aᵀ)·b_iᵀ — memory out×r instead of out×in."""
         w0 = self.base_layer.weight
         s = self.scaling
+        with torch.no_grad():  # W0 is frozen; recomputed rather than cached, so it follows .to(dtype)
+            base_row_sq = w0.pow(2).sum(NORM_DIM)
         cross = (self.up * (w0 @ self.down.T)).sum(NORM_DIM)
         low_rank = ((self.up @ (self.down @ self.down.T)) * self.up).sum(NORM_DIM)
-        return self.base_row_sq + 2 * s * cross + s * s * low_rank
+        return base_row_sq + 2 * s * cross + s * s * low_rank
 
     def scale(self) -> torch.Tensor:
         """m / ‖V‖ per output feature; ‖V‖ optionally detached (the paper's memory trick)."""
