@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import os
 import re
 import sys
@@ -231,7 +232,7 @@ def main() -> None:
     ratios = {column: [float(row[index].strip("*")) for row in rows] for column, index in
               (("time", 4), ("memory", 6), ("eval", 8))}
     summary = "; ".join(f"{column} {min(values):.2f}–{max(values):.2f}" for column, values in ratios.items()
-                        if values and values[0] == values[0])
+                        if values and not math.isnan(values[0]))
     text = f"""# protadapt vs Hugging Face PEFT: same ESM-2 weights, LoRA and DoRA, rank 8, q/k/v/out
 
 Command: `{command}` ({options.repeats} interleaved timed runs per cell after a warm-up, median).

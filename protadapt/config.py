@@ -18,8 +18,8 @@ from protadapt.heads import HeadConfig
 
 
 SCHEDULES = ("cosine", "linear", "constant")
-# forward + backward passes per upper step, beyond the lower step's own (benchmarks/results/train_step.md)
-HYPERGRADIENTS = {"darts": 3, "darts_one_sided": 2, "first_order": 1}
+# forward + backward passes per upper step beyond the lower step's own: 3, 2 and 1 (results/train_step.md)
+HYPERGRADIENTS = ("darts", "darts_one_sided", "first_order")
 LOGGERS = ("csv", "tensorboard", "none")
 
 
