@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from protadapt.evaluation.conformal import Conformal, calibrate
+
 FOLD_DIR = re.compile(r"^repeat(\d+)-fold(\d+)$")
 SHARED = ("task", "problem_type", "labels")  # adapter.json fields every member must agree on
 
@@ -118,6 +120,25 @@ def out_of_fold_scores(runs: Sequence[Path], problem_type: str, labels: Sequence
     else:
         scores = table["prediction"].to_numpy(dtype=np.float64)
     return scores, table["label"].to_numpy(), table["fold"].to_numpy()
+
+
+def calibrate_cv(cv_dir: str | Path, *, alpha: float, score: str, repeat: int = 0) -> Conformal:
+    """CV+ calibration of a `cv` output from one repeat's folds (their test folds partition the training split)."""
+    runs = [run for run in fold_dirs(Path(cv_dir)) if run.name.startswith(f"repeat{repeat}-")]
+    if not runs:
+        raise EnsembleError(f"{cv_dir}: no repeat{repeat}-fold*/ run directories; give `protadapt cv` output")
+    metadata = check_alike(runs)
+    scores, targets, folds = out_of_fold_scores(runs, metadata["problem_type"], metadata["labels"])
+    return calibrate(metadata["problem_type"], scores, targets, alpha=alpha, method="cv+", score=score, folds=folds,
+                     members=tuple(run.name for run in runs))
+
+
+def member_scores(conformal: Conformal, scores_by_run: dict[str, np.ndarray]) -> np.ndarray:
+    """K x N (x C) scores in the order of a cv+ calibration's fold models, keyed by run-directory name."""
+    missing = [name for name in conformal.members if name not in scores_by_run]
+    if missing:
+        raise EnsembleError(f"cv+ calibration needs the fold runs {', '.join(missing)}; predict with the whole cv directory")
+    return np.stack([np.asarray(scores_by_run[name], dtype=np.float64) for name in conformal.members])
 
 
 def _shared_metadata(run: Path) -> dict:

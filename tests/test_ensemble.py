@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protadapt.ensemble import EnsembleError, average_scores, find_run_dirs, out_of_fold_scores
+from protadapt.ensemble import (EnsembleError, average_scores, calibrate_cv, find_run_dirs, member_scores,
+                                out_of_fold_scores)
 
 
 def fake_run(directory: Path, task: str = "bbb", backbone: str = "tiny", labels=(0, 1),
@@ -98,3 +99,23 @@ def test_out_of_fold_scores_come_from_each_folds_predictions(tmp_path):
     third = fake_run(tmp_path / "repeat1-fold0", predictions=first)
     with pytest.raises(EnsembleError, match="id 'a' is in more than one fold"):
         out_of_fold_scores(runs + [third], "classification", [0, 1])
+
+
+def test_cv_plus_from_a_cv_directory_uses_repeat_0_and_orders_members(tmp_path):
+    rng = np.random.default_rng(0)
+    for repeat in range(2):
+        for fold in range(3):
+            values = rng.normal(size=20)
+            frame = pd.DataFrame({"id": [f"r{repeat}-{fold}-{i}" for i in range(20)], "prediction": values,
+                                  "label": values + rng.normal(size=20)})
+            fake_run(tmp_path / "cv" / f"repeat{repeat}-fold{fold}", task="mic", labels=(), predictions=frame)
+    conformal = calibrate_cv(tmp_path / "cv", alpha=0.2, score="absolute")
+    assert conformal.method == "cv+" and len(conformal.scores) == 60
+    assert conformal.members == ("repeat0-fold0", "repeat0-fold1", "repeat0-fold2")
+    on_new = {f"repeat{r}-fold{k}": np.full(4, float(k)) for r in range(2) for k in range(3)}
+    stacked = member_scores(conformal, on_new)
+    np.testing.assert_array_equal(stacked[:, 0], [0.0, 1.0, 2.0])
+    lower, upper = conformal.intervals(stacked)
+    assert np.all(lower < 1.0) and np.all(upper > 1.0)
+    with pytest.raises(EnsembleError, match="needs the fold runs repeat0-fold2"):
+        member_scores(conformal, {"repeat0-fold0": np.zeros(4), "repeat0-fold1": np.zeros(4)})
