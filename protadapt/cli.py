@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
     analyze.set_defaults(handler=_analyze)
 
+    serve = commands.add_parser("serve", help="a REST API and web page for a trained run (pip install 'protadapt[serve]')")
+    serve.add_argument("run_dir")
+    serve.add_argument("--host", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, help="default: 8000")
+    serve.add_argument("--max-sequences", type=int, help="sequences per request (more: HTTP 413)")
+    serve.add_argument("--max-bytes", type=int, help="request body size (more: HTTP 413)")
+    _add_inference_options(serve)
+    serve.set_defaults(handler=_serve)
+
     return parser
 
 
@@ -234,6 +243,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(text + "\n")
     print(text)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from protadapt.serve import ServeSettings, serve
+
+    options = {"host": args.host, "port": args.port, "max_sequences": args.max_sequences,
+               "max_bytes": args.max_bytes, "device": args.device, "precision": args.precision}
+    serve(args.run_dir, ServeSettings(**{key: value for key, value in options.items() if value is not None}))
     return 0
 
 
