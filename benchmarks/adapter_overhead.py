@@ -42,7 +42,8 @@ from common import RESULTS_DIR, markdown_table, mib, peak_memory, run_worker  # 
 
 from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters  # noqa: E402
 from protadapt.backbones import Backbone, load_backbone  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor  # noqa: E402
 
 BACKBONE = "esm2_t6_8M_UR50D"
 BATCH, MIN_RESIDUES, MAX_RESIDUES = 16, 40, 60

@@ -25,7 +25,8 @@ from common import RESULTS_DIR, environment_line, interleaved, markdown_table, m
 from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters  # noqa: E402
 from protadapt.adapters.dora import NORM_DIM  # noqa: E402
 from protadapt.backbones import load_backbone  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor  # noqa: E402
 
 
 def materialised_norm(layer: DoRALinear) -> torch.Tensor:

@@ -27,7 +27,8 @@ from common import RESULTS_DIR, environment_line, interleaved, markdown_table, p
 from protadapt.adapters import AdapterConfig, linear_adapters  # noqa: E402
 from protadapt.backbones import load_backbone  # noqa: E402
 from protadapt.data.datamodule import ProteinDataset, make_loader  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor  # noqa: E402
 from protadapt.data.tasks import get_task  # noqa: E402
 from protadapt.inference import predict_scores  # noqa: E402
 

@@ -5,7 +5,7 @@
 
 Model: the exact ESM-2 8M architecture, random init; adapters r=8, α=16 on q/k/v/out. Batch: the
 16 longest bbb training peptides (fixed, padded once). Every method runs its own module's step inside a `lightning.Trainer`:
-`AdapterModule` (forward + loss + backward + AdamW, automatic optimisation) for LoRA, DoRA and
+`PredictorModule` (forward + loss + backward + AdamW, automatic optimisation) for LoRA, DoRA and
 full fine-tuning; `BiDoRAModule.training_step` (lower step, hypergradient, upper step) for BiDoRA
 first-order and DARTS, with the same batch as inner_train and inner_val. A callback times each
 step (wall, and process CPU time or synchronised GPU time); methods run in rounds (A, B, C, …, A, B, C, …) so outside
@@ -45,9 +45,10 @@ from protadapt.backbones import load_backbone  # noqa: E402
 from protadapt.config import BilevelConfig, OptimConfig  # noqa: E402
 from protadapt.data.datamodule import make_loader  # noqa: E402
 from protadapt.data.tasks import get_task  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor  # noqa: E402
 from protadapt.training.bilevel import BiDoRAModule  # noqa: E402
-from protadapt.training.module import AdapterModule  # noqa: E402
+from protadapt.training.module import PredictorModule  # noqa: E402
 
 BACKBONE = "esm2_t6_8M_UR50D"
 BATCH = 16
@@ -150,7 +151,7 @@ def build_module(name: str) -> L.LightningModule:
     optim = OptimConfig(lr=1e-5 if method == "full" else 1e-3)
     if method == "bidora":
         return BiDoRAModule(predictor, optim, BilevelConfig(hypergradient=hypergradient, unroll_steps=unroll_steps))
-    return AdapterModule(predictor, optim)
+    return PredictorModule(predictor, optim)
 
 
 class StepClock(L.Callback):
@@ -295,7 +296,7 @@ interleaved rounds and ratios use {work} (on the CPU much less sensitive to outs
 
 Batch: the 16 longest bbb training peptides ({int(residues.min())}–{int(residues.max())} residues, padded to
 {batch['tokens'].shape[1]} tokens), 2-class head, mean pooling. Adapters r={RANK}, α={ALPHA:g} on q/k/v/out of every layer.
-Each step is the module's real step inside a `lightning.Trainer`: `AdapterModule` (forward, cross-entropy,
+Each step is the module's real step inside a `lightning.Trainer`: `PredictorModule` (forward, cross-entropy,
 backward, gradient clipping, AdamW, LR schedule) or `BiDoRAModule.training_step` (lower step on
 directions + head, hypergradient, upper step on magnitudes every `unroll_steps` steps, 1 unless the row
 says otherwise; the same batch as inner_train and inner_val). Full fine-tuning trains every backbone weight.

@@ -31,7 +31,8 @@ from common import (RESULTS_DIR, environment_line, interleaved, markdown_table, 
 
 from protadapt.adapters import AdapterConfig, linear_adapters  # noqa: E402
 from protadapt.backbones import ARCHITECTURES, HF_DERIVED, hf_to_fair_esm_key, load_backbone  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor  # noqa: E402
 
 # the real HF configs of the ESM-2 checkpoints (config.json only), as shipped beside the repository
 HF_CONFIGS = Path(os.environ.get("PROTADAPT_MODEL_DIR", Path(__file__).resolve().parents[2] / "shared" / "models"))

@@ -192,7 +192,7 @@ def build_random(architecture: Architecture, seed: int = 0) -> Backbone:
     """The exact architecture with random weights, the same for the same seed (so a run reloads)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, alphabet = _build_model(architecture)
+        model, alphabet = build_model(architecture)
     return Backbone(model, alphabet, architecture, pretrained=False, source=f"random-init:seed={seed}")
 
 
@@ -272,7 +272,7 @@ def load_fair_esm_checkpoint(path: Path, name: str | None = None) -> Backbone:
                 state.update(torch.load(regression, map_location="cpu", weights_only=True)["model"])
         except Exception as error:
             raise BackboneError(f"{regression}: not a readable contact-regression file ({_one_line(error)})") from None
-    model, alphabet = _build_model(architecture)
+    model, alphabet = build_model(architecture)
     if architecture.family == "esm1b" and "embed_tokens.weight" in state:
         state["embed_tokens.weight"][alphabet.mask_idx].zero_()  # as fair-esm does, for token drop
     _load_state_strict(model, state, path)
@@ -346,7 +346,7 @@ def load_hf_directory(directory: Path) -> Backbone:
             continue
         key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # legacy names (transformers 5 writes them)
         state[hf_to_fair_esm_key(key)] = value
-    model, alphabet = _build_model(architecture)
+    model, alphabet = build_model(architecture)
     # fair-esm stores the rotary frequencies as a buffer; HF derives them, so take the built ones.
     state.update({k: v for k, v in model.state_dict().items() if k.endswith("rot_emb.inv_freq")})
     _load_state_strict(model, state, weights, optional=("lm_head.", "contact_head."))
@@ -379,7 +379,8 @@ def hf_to_fair_esm_key(key: str) -> str:
 # ---------------------------------------------------------------- shared helpers
 
 
-def _build_model(architecture: Architecture) -> tuple[nn.Module, esm.data.Alphabet]:
+def build_model(architecture: Architecture) -> tuple[nn.Module, esm.data.Alphabet]:
+    """fair-esm's model of `architecture` with fresh weights (on the current default device)."""
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     if architecture.family == "esm2":
         model = esm.model.esm2.ESM2(architecture.num_layers, architecture.embed_dim,

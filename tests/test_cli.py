@@ -19,7 +19,7 @@ import protadapt.training.run as run_module
 from protadapt.cli import main
 from protadapt.config import load_config
 from protadapt.data.tasks import get_task
-from protadapt.training.module import AdapterModule
+from protadapt.training.module import PredictorModule
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--backbone", "tiny", "--quiet", "optim.max_epochs=1", "data.batch_size=16"]
@@ -280,13 +280,13 @@ def test_same_seed_gives_byte_identical_metrics(tmp_path, capsys):
 
 def test_resume_continues_from_last_checkpoint(tmp_path, capsys, monkeypatch):
     steps: list[int] = []
-    original = AdapterModule.training_step
+    original = PredictorModule.training_step
 
     def counting_step(self, batch, batch_idx):
         steps.append(self.trainer.current_epoch)
         return original(self, batch, batch_idx)
 
-    monkeypatch.setattr(AdapterModule, "training_step", counting_step)
+    monkeypatch.setattr(PredictorModule, "training_step", counting_step)
     run_dir = tmp_path / "run"
     args = ["fit", "--task", "bbb", "--method", "lora", "--backbone", "tiny", "--quiet", "data.batch_size=32",
             "optim.patience=10", "--out", run_dir]

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protadapt.data.io import DataError, read_sequences, write_bytes_atomic, write_csv_atomic
+from protadapt.data.io import DataError, read_sequences
+from protadapt.files import write_bytes_atomic, write_csv_atomic
 
 
 def write(tmp_path, name, content) -> str:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from protadapt.adapters import AdapterConfig, linear_adapters
 from protadapt.backbones import load_backbone
 from protadapt.config import BilevelConfig, OptimConfig
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 from protadapt.inference import predict_scores
 from protadapt.training.bilevel import BiDoRAModule, darts_hypergradient, new_noise_seed, same_noise
 

@@ -18,12 +18,14 @@ of batches, so no collective waits on a rank that has run out.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import lightning
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from protadapt.data.splits import inner_split
@@ -101,6 +103,13 @@ class ProteinDataModule(lightning.LightningDataModule):
     def inner_val_dataloader(self) -> DataLoader:
         """Upper level of BiDoRA: the validation part, shuffled."""
         return self._loader(self._inner()[1], shuffle=True, stream=2)
+
+    def bilevel_dataloader(self) -> CombinedLoader:
+        """BiDoRA's search: batches `{"inner_train": ..., "inner_val": ...}`, the shorter part cycled."""
+        with warnings.catch_warnings():  # a deprecation inside Lightning's CombinedLoader, not the caller's
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).* is deprecated.*")
+            return CombinedLoader({"inner_train": self.inner_train_dataloader(),
+                                   "inner_val": self.inner_val_dataloader()}, mode="max_size_cycle")
 
     def full_train_dataloader(self) -> DataLoader:
         """All of train, shuffled: BiDoRA's retrain phase gives back what validation took."""
