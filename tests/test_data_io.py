@@ -210,10 +210,6 @@ def test_malformed_input_is_one_line_error_and_nothing_written(tmp_path, name, c
     assert os.listdir(out_dir) == []
 
 
-def test_at_least_twenty_malformed_cases():
-    assert len(MALFORMED) >= 20
-
-
 def test_single_example_class_allowed_for_evaluation_files(tmp_path):
     path = write(tmp_path, "test.csv", "sequence,label\nAC,0\nDE,0\nFG,1\n")
     assert len(read_sequences(path)) == 3

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.strategies import Strategy
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
@@ -39,7 +40,8 @@ def bidora_predictor(seed: int = 0) -> ProteinPredictor:
 def bbb_datamodule(alphabet, batch_size: int = 16) -> ProteinDataModule:
     frame = get_task("bbb").load()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    datamodule = ProteinDataModule(alphabet, train=train, problem_type="classification", batch_size=batch_size)
+    datamodule = ProteinDataModule(alphabet, train=train, problem_type="classification", batch_size=batch_size,
+                                   val_fraction=0.2)
     datamodule.setup("fit")
     return datamodule
 
@@ -288,6 +290,7 @@ def test_fit_evaluates_where_it_trained_and_at_the_training_precision(tmp_path, 
     teardown = max(i for i, event in enumerate(seen) if event[0] == "teardown")
     assert ("to", "cpu") in seen[teardown:]  # back onto the trainer's root device (here the CPU) after teardown
     assert ("predict", "bf16") in seen[teardown:]
-    assert 0.0 <= result.metrics["test"]["accuracy"] <= 1.0
+    saved = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert result.metrics["test"]["accuracy"] == pytest.approx((saved["prediction"] == saved["label"]).mean())
     assert [run_module.inference_precision(p) for p in ("32-true", "bf16-mixed", "16-mixed", 16, "bf16-true")] == \
         ["32", "bf16", "fp16", "fp16", "bf16"]

@@ -32,7 +32,9 @@ from protadapt.data.splits import inner_split
 
 
 class ProteinDataModule(lightning.LightningDataModule):
-    """Train/test/predict frames in, inner train/validation split and bucketed loaders out."""
+    """Train/test/predict frames in, inner train/validation split and bucketed loaders out.
+
+    `batch_size` and `val_fraction` come from the run's `DataConfig` (their defaults live there)."""
 
     def __init__(
         self,
@@ -42,8 +44,8 @@ class ProteinDataModule(lightning.LightningDataModule):
         test: pd.DataFrame | None = None,
         predict: pd.DataFrame | None = None,
         problem_type: str,
-        batch_size: int = 16,
-        val_fraction: float = 0.2,
+        batch_size: int,
+        val_fraction: float,
         seed: int = 0,
         groups: Sequence | None = None,
         num_workers: int = 0,
