@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protadapt.files import read_safetensors
+
 MODEL_DIR_ENV = "PROTADAPT_MODEL_DIR"
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 MAX_RESIDUES = 1022  # ESM-2 and ESM-1b were trained on 1024 tokens: BOS + 1022 residues + EOS
@@ -326,17 +328,11 @@ HF_DERIVED = re.compile(r"(rotary_embeddings\.inv_freq|position_ids|lm_head\.dec
 
 def load_hf_directory(directory: Path) -> Backbone:
     """Read an HF-hub ESM-2 directory (`config.json` + `model.safetensors`) into fair-esm's ESM2."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     architecture = hf_architecture(directory)
     weights = directory / "model.safetensors"
     if not weights.exists():
         raise BackboneError(f"{weights}: missing; an HF-format ESM directory needs config.json and model.safetensors")
-    try:
-        hf_state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise BackboneError(f"{weights}: not a readable safetensors file ({_one_line(error)})") from None
+    hf_state = read_safetensors(weights, BackboneError)
     state = {}
     for key, value in hf_state.items():
         key = key.removeprefix("model.") if key.startswith("model.esm.") else key

@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="versions, devices, where weights and data are looked for")
     doctor.set_defaults(handler=_doctor)
 
+    _add_compare(commands)
+    analyze = commands.add_parser("analyze", help="ΔM–ΔD weight-decomposition analysis of trained runs")
+    analyze.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
+    analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
+    analyze.set_defaults(handler=_analyze)
+
+    return parser
+
+
+def _add_compare(commands) -> None:
     compare = commands.add_parser("compare", help="methods × tasks × seeds with baselines and paired statistics")
     compare.add_argument("--tasks", default="bbb,thermostability,mic", help="comma-separated tasks")
     compare.add_argument("--methods", default="full,lora,dora,bidora", help="comma-separated methods")
@@ -101,13 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--quiet", action="store_true", default=None)
     compare.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every cell")
     compare.set_defaults(handler=_compare)
-
-    analyze = commands.add_parser("analyze", help="ΔM–ΔD weight-decomposition analysis of trained runs")
-    analyze.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
-    analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
-    analyze.set_defaults(handler=_analyze)
-
-    return parser
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Writing files all-or-nothing (a temporary file renamed into place), so a killed run leaves no half file."""
+"""Files on disk: written all-or-nothing (a temporary file renamed into place), so a killed run leaves
+no half file; safetensors read with a one-line error."""
 
 from __future__ import annotations
 
@@ -11,6 +12,18 @@ from typing import IO
 
 import numpy as np
 import pandas as pd
+
+
+def read_safetensors(path: Path, error: type[Exception]) -> dict:
+    """The tensors of a safetensors file (no pickle); an unreadable file is one line of `error`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as problem:
+        first = (str(problem).strip().splitlines() or [""])[0]
+        raise error(f"{path}: not a readable safetensors file ({type(problem).__name__}: {first})") from None
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:

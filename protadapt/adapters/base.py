@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from protadapt.files import read_safetensors
+
 ATTENTION_TARGETS = (r"layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",)
 FFN_TARGETS = (r"layers\.\d+\.(fc1|fc2)",)
 
@@ -228,17 +230,11 @@ def save_tensors(state: dict[str, torch.Tensor], metadata: dict, directory: Path
 
 
 def load_tensors(directory: Path, stem: str = "adapter") -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights, config = directory / f"{stem}.safetensors", directory / f"{stem}.json"
     for path in (weights, config):
         if not path.exists():
             raise AdapterError(f"{path}: missing; a saved adapter is {stem}.safetensors plus {stem}.json")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise AdapterError(f"{weights}: not a readable safetensors file ({error})") from None
+    state = read_safetensors(weights, AdapterError)
     try:
         metadata = json.loads(config.read_text())
     except json.JSONDecodeError as error:
