@@ -329,6 +329,8 @@ def test_unknown_yaml_key_is_one_line(tmp_path, capsys):
     ("bilevel.unroll_steps=0", ["bilevel.unroll_steps", "at least 1"]),
     ("optim.schedule=step", ["optim.schedule", "cosine"]),
     ("trainer.logger=csv,wandb", ["trainer.logger", "wandb"]),
+    ("adapter.method=lorra", ["adapter.method", "lorra", "wegeft"]),
+    ("head.pooling=max", ["head.pooling", "mean"]),
 ])
 def test_bad_override_is_one_line(tmp_path, capsys, override, words):
     code, _, err = cli(capsys, "fit", "--method", "bidora", "--backbone", "tiny", "--out", tmp_path / "run", override)
