@@ -13,8 +13,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from protadapt.adapters import AdapterConfig
-from protadapt.heads import HeadConfig
+from protadapt.adapters import AdapterConfig, method_names
+from protadapt.heads import POOLINGS, HeadConfig
 
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -130,8 +130,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def check_choices(config: RunConfig) -> None:
-    """Reject unknown choices before anything runs or is written (adapter names are checked on use)."""
-    choices = {"optim.schedule": ([config.optim.schedule], SCHEDULES),
+    """Reject unknown choices before anything runs or is written: the one place they are checked."""
+    choices = {"adapter.method": ([config.adapter.method], tuple(method_names())),
+               "head.pooling": ([config.head.pooling], POOLINGS),
+               "optim.schedule": ([config.optim.schedule], SCHEDULES),
                "bilevel.hypergradient": ([config.bilevel.hypergradient], HYPERGRADIENTS),
                "trainer.logger": (config.trainer.logger.split(","), LOGGERS)}
     for key, (values, allowed) in choices.items():

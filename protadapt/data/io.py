@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable, IO
 
 import numpy as np
 import pandas as pd
@@ -106,16 +104,6 @@ def read_sequences(
     frame = records.drop(columns="_line").reset_index(drop=True).astype({"id": str, "sequence": str})
     frame.attrs = {"source": str(path), "problem_type": problem_type}
     return frame
-
-
-def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``df`` as CSV so that readers never see a half-written file (temp file + rename)."""
-    return _write_atomic(Path(path), "w", lambda handle: df.to_csv(handle, index=False))
-
-
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    """Write raw bytes all-or-nothing, the way `write_csv_atomic` writes tables."""
-    return _write_atomic(Path(path), "wb", lambda handle: handle.write(data))
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -449,22 +437,3 @@ def _check_class_counts(records: pd.DataFrame, min_count: int, locate: _Locator)
         f"{locate(first_row)}: class {label} has only {rare.iloc[0]} example(s); every class needs "
         f"at least {min_count} so that it can appear on both sides of a split — add examples or remove the class"
     )
-
-
-# --- writing -------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, mode: str, write: Callable[[IO], object]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, mode, **({"newline": ""} if "b" not in mode else {})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path

@@ -17,12 +17,16 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
-from protadapt.data.io import DataError, read_sequences, write_bytes_atomic, write_csv_atomic
+from protadapt.data.io import DataError, read_sequences
+from protadapt.files import write_bytes_atomic, write_csv_atomic
+
+if TYPE_CHECKING:
+    from protadapt.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +154,16 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise DataError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def resolve_task(data: "DataConfig") -> Task | CustomTask:
+    """The task a run's data settings name: a registered one, or the user's own file (`custom`)."""
+    if data.task != "custom":
+        return get_task(data.task)
+    if not data.train_file:
+        raise DataError("the custom task needs a labelled file: data.train_file=PATH (CSV, TSV or FASTA)")
+    return custom_task(data.train_file, problem_type=data.problem_type, test_path=data.test_file,
+                       truncate=data.truncate)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

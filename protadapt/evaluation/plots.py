@@ -20,7 +20,7 @@ from protadapt.evaluation.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 
-_STAGE_PREFIX = re.compile(r"^(inner_train|outer_val|train|val|valid|validation|test|predict)[_/]")
+_STAGE_PREFIX = re.compile(r"^(inner_train|train|val|valid|validation|test|predict)[_/]")
 _LIGHTNING_SUFFIX = re.compile(r"_(step|epoch)$")  # added by self.log(on_step=True, on_epoch=True)
 
 

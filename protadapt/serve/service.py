@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from protadapt.heads import ProteinPredictor
+from protadapt.model import ProteinPredictor
 from protadapt.inference import pick_device, predict_scores, prediction_frame
 from protadapt.serve.parsing import RequestError, parse_body
 
