@@ -69,7 +69,7 @@ class ModelService:
         with self._lock:
             scores = predict_scores(self.predictor, frame, self.settings.batch_size,
                                     precision=self.settings.precision)
-        return prediction_frame(frame, scores, self.metadata["problem_type"], self.metadata["labels"])
+        return prediction_frame(self.predictor, frame, scores)
 
 
 def model_card(run_dir: Path, metadata: dict, settings: ServeSettings, max_length: int) -> dict:
@@ -79,7 +79,7 @@ def model_card(run_dir: Path, metadata: dict, settings: ServeSettings, max_lengt
     return {
         "run": run_dir.resolve().name,
         "task": metadata.get("task"),
-        "problem_type": metadata["problem_type"],
+        "problem_type": metadata.get("problem_type"),
         "labels": metadata.get("labels"),
         "backbone": backbone.get("name"),
         "pretrained": backbone.get("pretrained"),
