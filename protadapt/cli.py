@@ -203,14 +203,15 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from protadapt.data.io import read_sequences, write_csv_atomic
+    from protadapt.data.io import write_csv_atomic
+    from protadapt.data.tasks import read_for_run
     from protadapt.heads import ProteinPredictor
     from protadapt.inference import pick_device, predict_scores, prediction_frame
 
     device = pick_device(args.device)
     predictor, metadata = ProteinPredictor.load(args.run_dir)
-    frame = read_sequences(args.input, require_labels=False, truncate=args.truncate,
-                           max_length=predictor.backbone.max_residues)
+    frame = read_for_run(args.input, args.run_dir, metadata, require_labels=False, truncate=args.truncate,
+                         max_length=predictor.backbone.max_residues)
     predictor.to(device)
     scores = predict_scores(predictor, frame, args.batch_size, progress=not args.quiet, precision=args.precision)
     output = Path(args.output or f"{Path(args.input).stem}.predictions.csv")
@@ -220,17 +221,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from protadapt.data.io import read_sequences
+    from protadapt.data.tasks import read_for_run, undefined_as_null
     from protadapt.heads import ProteinPredictor
     from protadapt.inference import evaluate_frame, pick_device
 
     device = pick_device(args.device)
     predictor, metadata = ProteinPredictor.load(args.run_dir)
-    frame = read_sequences(args.input, require_labels=True, problem_type=metadata["problem_type"], min_class_count=1,
-                           max_length=predictor.backbone.max_residues)
+    frame = read_for_run(args.input, args.run_dir, metadata, require_labels=True, min_class_count=1,
+                         max_length=predictor.backbone.max_residues)
     predictor.to(device)
     metrics = evaluate_frame(predictor, frame, metadata["problem_type"], args.batch_size, precision=args.precision)
-    text = json.dumps(metrics, indent=2)
+    text = json.dumps(undefined_as_null(metrics, frame), indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
     print(text)

@@ -79,7 +79,7 @@ def prediction_frame(frame: pd.DataFrame, scores: np.ndarray, problem_type: str,
     else:
         out["prediction"] = scores.round(6)
     if "label" in frame and frame["label"].notna().all():
-        out["label"] = frame["label"].to_numpy()
+        out["label"] = [labels[i] for i in frame["label"]] if labels else frame["label"].to_numpy()
     return out
 
 

@@ -36,7 +36,7 @@ from protadapt.config import ConfigError, DataConfig, RunConfig, check_choices
 from protadapt.data.datamodule import ProteinDataModule
 from protadapt.data.io import write_csv_atomic
 from protadapt.data.splits import identity_groups, kfold_splits
-from protadapt.data.tasks import Task, custom_task, get_task
+from protadapt.data.tasks import Task, task_from_config
 from protadapt.evaluation.metrics import METRIC_DIRECTION
 from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plot_training_curves
 from protadapt.heads import ProteinPredictor
@@ -136,12 +136,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
 
 
 def resolve_task(data: DataConfig) -> Task:
-    if data.task != "custom":
-        return get_task(data.task)
-    if not data.train_file:
-        raise ConfigError("the custom task needs a labelled file: data.train_file=PATH (CSV, TSV or FASTA)")
-    return custom_task(data.train_file, problem_type=data.problem_type, test_path=data.test_file,
-                       truncate=data.truncate)
+    return task_from_config(data)
 
 
 def plot_predictions(y_true: np.ndarray, scores: np.ndarray, problem_type: str, run_dir: Path) -> None:
@@ -160,14 +155,8 @@ def build_predictor(config: RunConfig, task: Task, train: pd.DataFrame) -> Prote
 
 
 def class_labels(task: Task, train: pd.DataFrame) -> list:
-    """Classes as 0..C−1; any other labelling is a one-line error, not a silent remap."""
-    if task.problem_type != "classification":
-        return []
-    present = sorted(int(v) for v in pd.unique(train["label"]))
-    expected = list(range(max(present) + 1))
-    if present != expected:
-        raise ValueError(f"task {task.name}: class labels must be 0..C-1, found {present}")
-    return expected
+    """The task's class names in index order (the data layer maps labels to 0..C−1)."""
+    return list(task.classes) if task.problem_type == "classification" else []
 
 
 def monitored_metric(config: RunConfig, task: Task) -> tuple[str, str]:
@@ -312,6 +301,8 @@ def keep_earlier_logs(metrics_csv: Path, resuming: bool) -> Iterator[None]:
 def cross_validate(config: RunConfig, folds: int = 5, repeats: int = 1, out: str | Path | None = None) -> pd.DataFrame:
     """k-fold (× repeats) CV on the task's training split; each fold does its own inner split."""
     task = resolve_task(config.data)
+    if config.data.test_file:
+        log.warning("cv: data.test_file=%s is ignored; the folds come from data.train_file", config.data.test_file)
     frame = task.load()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
