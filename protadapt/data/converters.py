@@ -65,14 +65,18 @@ def convert_thermostability(raw_dir: Path) -> pd.DataFrame:
 
 
 def convert_mic(raw_dir: Path) -> pd.DataFrame:
-    """GRAMPA E. coli frames → ids grampa_ecoli_<authors' row>, label log10 MIC (µM), c_amidated 0/1."""
+    """GRAMPA E. coli frames → ids grampa_ecoli_<authors' row>, label log10 MIC (µM), c_amidated 0/1.
+
+    The frames average ``has_cterminal_amidation`` over measurements; c_amidated is 1 where every
+    measurement was of the amidated peptide (the README's subset: 1122 train / 176 test).
+    """
     parts = []
     for split, name in (("train", "ecoli_train_with_c_df.pkl"), ("test", "ecoli_test_df.pkl")):
         frame = load_frame((raw_dir / name).read_bytes(), name)
         parts.append(pd.DataFrame({
             "id": [f"grampa_ecoli_{row}" for row in frame["index"]], "sequence": frame["sequence"].astype(str),
             "label": frame["value"].astype(float).round(MIC_DECIMALS),
-            "c_amidated": frame["has_cterminal_amidation"].astype(int), "split": split,
+            "c_amidated": (frame["has_cterminal_amidation"] == 1).astype(int), "split": split,
         }))
     return pd.concat(parts, ignore_index=True)
 
