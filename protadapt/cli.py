@@ -204,7 +204,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from protadapt.data.io import write_csv_atomic
-    from protadapt.data.tasks import read_for_run
+    from protadapt.data.for_run import read_for_run
     from protadapt.heads import ProteinPredictor
     from protadapt.inference import pick_device, predict_scores, prediction_frame
 
@@ -221,7 +221,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from protadapt.data.tasks import read_for_run, undefined_as_null
+    from protadapt.data.for_run import read_for_run, undefined_as_null
     from protadapt.heads import ProteinPredictor
     from protadapt.inference import evaluate_frame, pick_device
 

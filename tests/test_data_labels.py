@@ -13,7 +13,8 @@ from protadapt.cli import main
 from protadapt.config import load_config
 from protadapt.data.errors import DataError
 from protadapt.data.io import read_sequences
-from protadapt.data.tasks import read_for_run, task_from_config, undefined_as_null
+from protadapt.data.for_run import read_for_run, undefined_as_null
+from protadapt.data.tasks import task_from_config
 from protadapt.training import run as run_module
 
 SEQUENCES = ["MKTAYIAK", "GLFDIVKK", "RRWQWRMK", "FLPLLAGL", "KWKLFKKI", "ACDEFGHI", "LLKKLLKK", "WWRRWWRR"]
@@ -159,3 +160,16 @@ def test_predict_reads_default_columns_when_the_run_used_others(string_label_run
     assert predictions["id"].tolist() == ["q1", "q2"] and "label" not in predictions  # unusable labels ignored
     assert read_for_run(other, run_dir, {"problem_type": "classification", "labels": ["Negative", "Positive"]},
                         require_labels=False)["label"].isna().all()
+
+
+def test_cv_says_it_ignores_the_test_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(run_module, "plot_predictions", lambda *args, **kwargs: None)
+    monkeypatch.setattr(run_module, "plot_training_curves", lambda *args, **kwargs: None)
+    train = table(tmp_path, ["Positive", "Negative"] * 4)
+    with caplog.at_level(logging.WARNING):
+        code = main(["cv", "--task", "custom", f"data.train_file={train}", f"data.test_file={train}", "--backbone",
+                     "tiny", "--random-init", "--quiet", "optim.max_epochs=1", "--folds", "2", "data.val_fraction=0.5",
+                     "--out", str(tmp_path / "cv")])
+    assert code == 0  # the test file (here the same file: its ids would clash) is not read
+    assert f"cv: data.test_file={train} is ignored; the folds come from data.train_file" in caplog.text
+    assert len(pd.read_csv(tmp_path / "cv" / "folds.csv")) == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from protadapt.data.io import DataError
+from protadapt.data.errors import DataError
 from protadapt.data.safe_pickle import load_frame, load_plain
 
 HOTPROTEIN_FOLDS = 10

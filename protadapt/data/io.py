@@ -83,20 +83,15 @@ def read_sequences(
     path = Path(path)
     text = read_text(path)
     fasta = is_fasta(path, text)
-    if fasta:
-        records, has_labels = parse_fasta(text, path.name, label_column)
-    else:
-        records, has_labels = parse_table(text, path, sequence_column, label_column, id_column)
+    records, has_labels = parse_fasta(text, path.name, label_column) if fasta else \
+        parse_table(text, path, sequence_column, label_column, id_column)
     if records.empty:
         raise DataError(f"{path.name}: no records found; add at least one sequence")
     locate = _Locator(path.name, records)
     records = _check_ids(records, duplicate_ids, locate)
     locate = _Locator(path.name, records)
     if labels_file is not None:
-        if has_labels:
-            raise DataError(f"{path.name}: has labels and data.labels_file was also given; use one or the other")
-        records = label_rules.join_labels_file(records, labels_file, id_column, label_column, locate)
-        has_labels = True
+        records, has_labels = _join_labels_file(records, has_labels, labels_file, id_column, label_column, locate)
     if require_labels and not has_labels:
         raise DataError(_no_labels_message(path.name, fasta, label_column))
 
@@ -229,6 +224,13 @@ def _labels(raw: pd.Series, problem_type: str | None, require_labels: bool, loca
             raise
         logger.warning("%s: label column ignored (%s)", locate.name, error)
         return pd.Series(np.nan, index=raw.index, dtype=np.float64), None, ()
+
+
+def _join_labels_file(records: pd.DataFrame, has_labels: bool, labels_file, id_column: str, label_column: str,
+                      locate: _Locator) -> tuple[pd.DataFrame, bool]:
+    if has_labels:
+        raise DataError(f"{locate.name}: has labels and data.labels_file was also given; use one or the other")
+    return label_rules.join_labels_file(records, labels_file, id_column, label_column, locate), True
 
 
 def _check_policies(problem_type: str | None, conflicts: str, duplicate_ids: str) -> None:

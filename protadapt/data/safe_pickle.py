@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from protadapt.data.io import DataError
+from protadapt.data.errors import DataError
 
 # the exact globals an old (pandas 0.14-0.24, Python 2) DataFrame pickle names; anything else is refused
 FRAME_GLOBALS = frozenset({

@@ -10,7 +10,6 @@ canonical file ships inside the package (``protadapt/data/bundled/``), so it nev
 from __future__ import annotations
 
 import logging
-import math
 import os
 import urllib.parse
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from protadapt.data import converters
 from protadapt.data.download import DATA_DIR_ENV, download
@@ -159,31 +157,6 @@ def task_from_config(data) -> Task | CustomTask:
     return custom_task(data.train_file, problem_type=data.problem_type, test_path=data.test_file, **options)
 
 
-def run_read_options(run_dir: str | os.PathLike, metadata: dict) -> dict:
-    """read_sequences options for a file given to a trained run: its problem type, classes and columns.
-
-    The column names come from the run's config.yaml (data.sequence_column, ...); a file that
-    lacks the run's sequence column is read with the default names instead.
-    """
-    options = {"problem_type": metadata["problem_type"], "classes": metadata.get("labels") or None}
-    config = Path(run_dir) / "config.yaml"
-    data = (yaml.safe_load(config.read_text()) or {}).get("data", {}) if config.is_file() else {}
-    columns = {key: data[key] for key in ("sequence_column", "label_column", "id_column") if data.get(key)}
-    return options | columns
-
-
-def read_for_run(path: str | os.PathLike, run_dir: str | os.PathLike, metadata: dict, **kwargs) -> pd.DataFrame:
-    """`read_sequences` with `run_read_options`, falling back to default column names."""
-    options = run_read_options(run_dir, metadata)
-    try:
-        return read_sequences(path, **options, **kwargs)
-    except DataError as error:
-        if "sequence_column" not in options or f"no column '{options['sequence_column']}'" not in str(error):
-            raise
-    defaults = {key: value for key, value in options.items() if not key.endswith("_column")}
-    return read_sequences(path, **defaults, **kwargs)
-
-
 def get_task(name: str) -> Task:
     """The registered task called ``name``, with a one-line error listing the known ones."""
     try:
@@ -213,19 +186,8 @@ def describe(task_or_df: Task | CustomTask | pd.DataFrame, data_dir: str | os.Pa
     for name, part in parts:
         lengths = part["sequence"].str.len()
         length_text = f"{lengths.min()} / {lengths.median():g} / {lengths.mean():.1f} / {lengths.max()}"
-        rows.append([name, str(len(part)), _label_summary(part["label"], problem_type), length_text])
+        rows.append([name, str(len(part)), _label_summary(part["label"], problem_type, frame.attrs.get("classes")), length_text])
     return _format_table(rows)
-
-
-def undefined_as_null(metrics: dict, frame: pd.DataFrame) -> dict:
-    """Metrics that are NaN (AUROC of a one-class file, ...) as JSON null, with a note saying why."""
-    undefined = [key for key, value in metrics.items() if isinstance(value, float) and math.isnan(value)]
-    if not undefined:
-        return metrics
-    one = "class" if frame.attrs.get("problem_type") == "classification" else "label value"
-    reason = f"the file has only one {one}" if frame["label"].nunique() < 2 else "not defined for these predictions"
-    return {**{key: None if key in undefined else value for key, value in metrics.items()},
-            "undefined": f"{', '.join(undefined)}: {reason}"}
 
 
 def format_task_list(data_dir: str | os.PathLike | None = None) -> str:
@@ -286,13 +248,14 @@ def _format_table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def _label_summary(labels: pd.Series, problem_type: str | None) -> str:
+def _label_summary(labels: pd.Series, problem_type: str | None, classes: list | None = None) -> str:
     labels = labels.dropna()
     if labels.empty:
         return "none"
     if problem_type == "classification":
         counts = labels.astype(int).value_counts().sort_index()
-        return ", ".join(f"{label}: {count} ({count / len(labels):.0%})" for label, count in counts.items())
+        names = classes or range(int(counts.index.max()) + 1)
+        return ", ".join(f"{names[label]}: {count} ({count / len(labels):.0%})" for label, count in counts.items())
     return (
         f"mean {labels.mean():.3g} sd {labels.std():.3g} "
         f"min {labels.min():.3g} median {labels.median():.3g} max {labels.max():.3g}"

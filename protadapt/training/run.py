@@ -300,9 +300,9 @@ def keep_earlier_logs(metrics_csv: Path, resuming: bool) -> Iterator[None]:
 
 def cross_validate(config: RunConfig, folds: int = 5, repeats: int = 1, out: str | Path | None = None) -> pd.DataFrame:
     """k-fold (× repeats) CV on the task's training split; each fold does its own inner split."""
-    task = resolve_task(config.data)
     if config.data.test_file:
         log.warning("cv: data.test_file=%s is ignored; the folds come from data.train_file", config.data.test_file)
+    task = resolve_task(replace(config.data, test_file=None))
     frame = task.load()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
