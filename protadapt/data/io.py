@@ -55,20 +55,10 @@ _ALLOWED_TEXT = f"{STANDARD_AMINO_ACIDS} plus {' '.join(EXTRA_RESIDUES)}"
 
 
 def read_sequences(
-    path: str | os.PathLike,
-    *,
-    sequence_column: str = "sequence",
-    label_column: str = "label",
-    id_column: str = "id",
-    problem_type: str | None = None,
-    require_labels: bool = False,
-    max_length: int | None = 1022,
-    truncate: bool = False,
-    conflicts: str = "error",
-    min_class_count: int = 2,
-    classes: Sequence | None = None,
-    duplicate_ids: str = "error",
-    labels_file: str | os.PathLike | None = None,
+    path: str | os.PathLike, *, sequence_column: str = "sequence", label_column: str = "label",
+    id_column: str = "id", problem_type: str | None = None, require_labels: bool = False,
+    max_length: int | None = 1022, truncate: bool = False, conflicts: str = "error", min_class_count: int = 2,
+    classes: Sequence | None = None, duplicate_ids: str = "error", labels_file: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Read and validate a FASTA/CSV/TSV file into columns id, sequence, label (+ CSV extras).
 

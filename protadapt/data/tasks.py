@@ -14,7 +14,7 @@ import os
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,9 @@ import pandas as pd
 from protadapt.data import converters
 from protadapt.data.download import DATA_DIR_ENV, download
 from protadapt.data.io import DataError, read_sequences
+
+if TYPE_CHECKING:
+    from protadapt.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +150,7 @@ def custom_task(
     )
 
 
-def task_from_config(data) -> Task | CustomTask:
+def task_from_config(data: "DataConfig") -> Task | CustomTask:
     """The task a `DataConfig` names; the table options (data.sequence_column, ...) are for custom tasks."""
     if data.task != "custom":
         return get_task(data.task)
