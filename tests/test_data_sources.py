@@ -7,6 +7,7 @@ import http.server
 import logging
 import os
 import pickle
+import re
 import shutil
 import threading
 from dataclasses import replace
@@ -63,8 +64,9 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path, loader):
     with pytest.raises(DataError) as caught:
         loader(data, "evil.pkl")
     message = str(caught.value)
-    assert "\n" not in message and message.startswith("evil.pkl: the pickle asks for posix.system")
-    assert "refuses" in message and not marker.exists()
+    assert "\n" not in message
+    assert re.match(r"evil\.pkl: the pickle asks for (posix|nt)\.system, which this reader refuses", message)
+    assert not marker.exists()
 
 
 def test_plain_loader_refuses_even_numpy_and_reads_plain_dicts():
@@ -125,8 +127,12 @@ def http_root(tmp_path):
     """A folder served on 127.0.0.1 for the length of one test; yields (folder, base URL)."""
     root = tmp_path / "served"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
