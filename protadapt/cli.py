@@ -218,15 +218,15 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from protadapt.data.io import read_sequences
+    from protadapt.data.for_run import read_for_run
     from protadapt.files import write_csv_atomic
-    from protadapt.model import ProteinPredictor
     from protadapt.inference import pick_device, predict_scores, prediction_frame
+    from protadapt.model import ProteinPredictor
 
     device = pick_device(args.device)
-    predictor, _ = ProteinPredictor.load(args.run_dir)
-    frame = read_sequences(args.input, require_labels=False, truncate=args.truncate,
-                           max_length=predictor.backbone.max_residues)
+    predictor, metadata = ProteinPredictor.load(args.run_dir)
+    frame = read_for_run(args.input, args.run_dir, metadata, require_labels=False, truncate=args.truncate,
+                         max_length=predictor.backbone.max_residues)
     predictor.to(device)
     scores = predict_scores(predictor, frame, **_batch_size(args), progress=not args.quiet, precision=args.precision)
     output = Path(args.output or f"{Path(args.input).stem}.predictions.csv")
@@ -236,17 +236,17 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from protadapt.data.io import read_sequences
-    from protadapt.model import ProteinPredictor
+    from protadapt.data.for_run import read_for_run, undefined_as_null
     from protadapt.inference import evaluate_frame, pick_device
+    from protadapt.model import ProteinPredictor
 
     device = pick_device(args.device)
-    predictor, _ = ProteinPredictor.load(args.run_dir)
-    frame = read_sequences(args.input, require_labels=True, problem_type=predictor.problem_type, min_class_count=1,
-                           max_length=predictor.backbone.max_residues)
+    predictor, metadata = ProteinPredictor.load(args.run_dir)
+    frame = read_for_run(args.input, args.run_dir, metadata, require_labels=True, min_class_count=1,
+                         max_length=predictor.backbone.max_residues)
     predictor.to(device)
     metrics = evaluate_frame(predictor, frame, **_batch_size(args), precision=args.precision)
-    text = json.dumps(metrics, indent=2)
+    text = json.dumps(undefined_as_null(metrics, frame), indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
     print(text)

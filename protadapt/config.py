@@ -36,6 +36,12 @@ class DataConfig:
     val_fraction: float = 0.2  # inner validation split carved from train (BiDoRA's upper level)
     identity_threshold: float | None = None  # group near-duplicates so they never straddle splits
     truncate: bool = False  # truncate sequences longer than the backbone allows (else an error)
+    sequence_column: str = "sequence"  # custom task: table column names
+    label_column: str = "label"  # also the FASTA header key (>id label=1) and the labels_file column
+    id_column: str = "id"  # absent: ids are FILESTEM_ROW
+    labels_file: str | None = None  # custom task: CSV/TSV of id,label for an unlabelled train_file (FASTA)
+    conflicts: str = "error"  # identical sequences with different labels: error | drop (every copy)
+    duplicate_ids: str = "error"  # repeated ids: error | suffix (id_2, id_3, ...)
     batch_size: int = 16
     num_workers: int = 0
 

@@ -77,7 +77,7 @@ def prediction_frame(predictor: ProteinPredictor, frame: pd.DataFrame, scores: n
     else:
         out["prediction"] = scores.round(6)
     if "label" in frame and frame["label"].notna().all():
-        out["label"] = frame["label"].to_numpy()
+        out["label"] = [labels[i] for i in frame["label"]] if labels else frame["label"].to_numpy()
     return out
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,8 @@ from protadapt.data.tasks import Task, resolve_task
 from protadapt.files import write_csv_atomic
 from protadapt.training.distributed import global_rank
 from protadapt.training.run import fit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,7 +29,9 @@ class Folds:
 def cross_validate(config: RunConfig, folds: Folds | None = None, out: str | Path | None = None) -> pd.DataFrame:
     """k-fold (× repeats) CV on the task's training split; each fold does its own inner split."""
     folds = folds or Folds()
-    task = resolve_task(config.data)
+    if config.data.test_file:
+        log.warning("cv: data.test_file=%s is ignored; the folds come from data.train_file", config.data.test_file)
+    task = resolve_task(replace(config.data, test_file=None))
     frame = task.load()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \

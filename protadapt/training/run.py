@@ -154,14 +154,8 @@ def plot_predictions(y_true: np.ndarray, scores: np.ndarray, problem_type: str, 
 
 
 def class_labels(task: Task, train: pd.DataFrame) -> list:
-    """Classes as 0..C−1; any other labelling is a one-line error, not a silent remap."""
-    if task.problem_type != "classification":
-        return []
-    present = sorted(int(v) for v in pd.unique(train["label"]))
-    expected = list(range(max(present) + 1))
-    if present != expected:
-        raise ValueError(f"task {task.name}: class labels must be 0..C-1, found {present}")
-    return expected
+    """The task's class names in index order (the data layer maps labels to 0..C−1)."""
+    return list(task.classes) if task.problem_type == "classification" else []
 
 
 def monitored_metric(config: RunConfig, task: Task) -> tuple[str, str]:
