@@ -69,8 +69,8 @@ def evaluate_frame(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
 def prediction_frame(predictor: ProteinPredictor, frame: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
     """One row per record: id, prediction, class probabilities (or the value), and the label if known."""
     out = pd.DataFrame({"id": frame["id"].to_numpy()})
-    if predictor.problem_type == "classification":
-        labels = predictor.labels
+    labels = predictor.labels if predictor.problem_type == "classification" else []
+    if labels:
         out["prediction"] = [labels[i] for i in scores.argmax(1)]
         for column, label in enumerate(labels):
             out[f"prob_{label}"] = scores[:, column].round(6)
