@@ -95,8 +95,10 @@ def test_set_section(runs: pd.DataFrame, reference: str) -> list[str]:
     """Per seed on the fixed test set: McNemar's exact test and, for two classes, DeLong's test of AUROC."""
     if "predictions" not in runs.columns or runs["fold"].notna().any() or "accuracy" not in runs.columns:
         return []
-    files = {(r.method, r.seed): Path(r.predictions) for r in runs.itertuples()
+    order = {method: index for index, method in enumerate(runs["method"].unique())}
+    files = {(r.method, r.seed): Path(r.predictions) for r in runs.sort_values("seed").itertuples()
              if isinstance(r.predictions, str) and Path(r.predictions).exists()}
+    files = dict(sorted(files.items(), key=lambda item: order[item[0][0]]))  # by method, then seed
     rows = []
     for (method, seed), path in files.items():
         if method != reference and (reference, seed) in files:
@@ -153,8 +155,8 @@ def _paired_method_text(reference: str, pair_on: list[str], ratio: float | None,
                  f"(variance × (1/J + n_test/n_train), n_test/n_train = {ratio:.3f}, J − 1 df), as the folds of "
                  "one seed share training rows")
     else:
-        tests = ("mean and 95 % Student t-interval (n − 1 df); p: two-sided Wilcoxon signed-rank (exact, differences "
-                 "below 1e-12 × the values' scale count as zero)")
+        tests = ("mean and 95 % Student t-interval (n − 1 df); p: two-sided Wilcoxon signed-rank (exact for these n; "
+                 "differences below 1e-12 × the values' scale count as zero, closer |differences| as ties)")
     rows = (f"; Δ accuracy also in test rows (+1.0 of {n_test}: one more of the {n_test} rows right, mean over seeds)"
             if n_test else "")
     return (f"Paired against **{reference}** over matched {pairs}s: difference = method − {reference}, {tests}; "
