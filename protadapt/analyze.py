@@ -59,18 +59,19 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def analyse_run(run_dir: str | Path) -> pd.DataFrame:
-    """ΔM and ΔD per adapted layer for the final weights and each saved checkpoint of one run."""
+    """ΔM and ΔD per adapted layer for each saved checkpoint (in the order written), then the final weights."""
     run_dir = Path(run_dir)
     predictor, metadata = ProteinPredictor.load(run_dir)
     method = predictor.adapter_config.method
     pretrained = pretrained_weights(predictor, metadata) if method == "full" else None
-    frames = [analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=FINAL)]
-    for checkpoint in sorted(run_dir.glob("checkpoints/*/*.ckpt")):
+    final = analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=FINAL)
+    frames = []
+    for checkpoint in sorted(run_dir.glob("checkpoints/*/*.ckpt"), key=lambda path: path.stat().st_mtime_ns):
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
         predictor.load_state_dict({k.removeprefix("predictor."): v for k, v in state.items()}, strict=False)
         name = f"{checkpoint.parent.name}/{checkpoint.stem}"
         frames.append(analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=name))
-    layers = pd.concat(frames, ignore_index=True)
+    layers = pd.concat([*frames, final], ignore_index=True)
     if layers.empty:
         raise ValueError(f"{run_dir}: method '{method}' adapts no linear layer; ΔM/ΔD needs lora, dora, bidora, "
                          "wegeft or full")

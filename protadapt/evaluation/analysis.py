@@ -67,13 +67,11 @@ def by_matrix_type(layers: pd.DataFrame) -> pd.DataFrame:
     """Slope and Pearson r of ΔM on ΔD per method and matrix type, over layers × checkpoints (× runs).
 
     `layers` holds `method`, `layer`, `delta_m`, `delta_d` and optionally `run` and `checkpoint`
-    (from analyse_checkpoints or `protadapt analyze`). A checkpoint whose weights equal an earlier
-    one's (Lightning's last.ckpt and the final weights often do) repeats its points; repeats of a
-    (run, layer, ΔM, ΔD) are dropped so that no point counts twice.
+    (from analyse_checkpoints or `protadapt analyze`, checkpoints in time order). A checkpoint whose
+    weights equal an earlier one's (Lightning's last.ckpt and the final weights often do) repeats
+    its points; `distinct_points` drops the repeats so that no point counts twice.
     """
-    layers = layers.assign(matrix_type=layers["layer"].map(matrix_type))
-    keys = [c for c in ("run", "layer") if c in layers.columns]
-    unique = layers.drop_duplicates([*keys, "delta_m", "delta_d"])
+    unique = distinct_points(layers)
     rows = []
     for (method, kind), points in unique.groupby(["method", "matrix_type"], sort=False):
         slope, intercept, r = fit_line(points)
@@ -84,6 +82,13 @@ def by_matrix_type(layers: pd.DataFrame) -> pd.DataFrame:
                      "delta_m_mean": points["delta_m"].mean(), "delta_d_mean": points["delta_d"].mean()})
     return pd.DataFrame(rows, columns=["method", "matrix_type", "runs", "checkpoints", "points", "slope", "intercept",
                                        "r", "delta_m_mean", "delta_d_mean"])
+
+
+def distinct_points(layers: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a `matrix_type` column, each (run, layer, ΔM, ΔD) kept at its first (earliest) checkpoint."""
+    layers = layers.assign(matrix_type=layers["layer"].map(matrix_type))
+    keys = [c for c in ("run", "layer") if c in layers.columns]
+    return layers.drop_duplicates([*keys, "delta_m", "delta_d"])
 
 
 def fit_line(df: pd.DataFrame) -> tuple[float, float, float]:

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 
-from protadapt.evaluation.analysis import by_matrix_type, matrix_type
+from protadapt.evaluation.analysis import by_matrix_type, distinct_points
 from protadapt.evaluation.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -104,16 +104,16 @@ def plot_training_curves(metrics_csv_path: str | Path, path: str | Path) -> Path
 def plot_delta_m_delta_d(layers: pd.DataFrame, path: str | Path) -> Path:
     """The DoRA paper's figure: ΔM vs ΔD, one panel per method (row) and matrix type (column).
 
-    Points are layers, coloured by checkpoint in the order they first appear (early to late);
-    each panel draws its least-squares line and is titled with its slope and Pearson r (as
+    Points are layers, coloured by checkpoint in the order given (early to late), each drawn once
+    at the first checkpoint it appears in (`analysis.distinct_points`); each panel draws its least-squares line and is titled with its slope and Pearson r (as
     `analysis.by_matrix_type` computes them, repeated points dropped).
     """
-    layers = layers.assign(matrix_type=layers["layer"].map(matrix_type))
     if "checkpoint" not in layers.columns:
         layers = layers.assign(checkpoint="final")
     summary = by_matrix_type(layers).set_index(["method", "matrix_type"])
-    methods, kinds = list(layers["method"].unique()), list(layers["matrix_type"].unique())
     checkpoints = list(layers["checkpoint"].astype(str).unique())
+    layers = distinct_points(layers)
+    methods, kinds = list(layers["method"].unique()), list(layers["matrix_type"].unique())
     colours = dict(zip(checkpoints, cm.viridis(np.linspace(0.0, 0.9, len(checkpoints)))))
     fig, axes = new_figure(len(methods), len(kinds), panel_size=(3.6, 3.2))
     for index, (method, kind) in enumerate((m, k) for m in methods for k in kinds):
@@ -125,7 +125,8 @@ def plot_delta_m_delta_d(layers: pd.DataFrame, path: str | Path) -> Path:
             x = np.linspace(points["delta_d"].min(), points["delta_d"].max(), 2)
             ax.plot(x, fitted["intercept"] + fitted["slope"] * x, color="grey", linewidth=1)
         slope, r = (fitted["slope"], fitted["r"]) if fitted is not None else (math.nan, math.nan)
-        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δm|)", title=f"{method} · {kind}: slope {slope:.3g}, r {r:.2f}")
+        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δm|)",
+               title=f"{method} · {kind}: slope {slope:.3g}, r {r:.2f}")
     axes[0].legend(title="checkpoint", fontsize="x-small")
     return save_figure(fig, path)
 
