@@ -105,8 +105,8 @@ def plot_delta_m_delta_d(layers: pd.DataFrame, path: str | Path) -> Path:
     """The DoRA paper's figure: ΔM vs ΔD, one panel per method (row) and matrix type (column).
 
     Points are layers, coloured by checkpoint in the order given (early to late), each drawn once
-    at the first checkpoint it appears in (`analysis.distinct_points`); each panel draws its least-squares line and is titled with its slope and Pearson r (as
-    `analysis.by_matrix_type` computes them, repeated points dropped).
+    at the first checkpoint it appears in (`analysis.distinct_points`); each panel draws its
+    least-squares line and is titled with the slope and Pearson r of `analysis.by_matrix_type`.
     """
     if "checkpoint" not in layers.columns:
         layers = layers.assign(checkpoint="final")
