@@ -86,6 +86,7 @@ def test_report_across_tasks_and_cv_statistics():
     # 10 (task, seed) pairs, lora worse in every one: Wilcoxon p = 2/2^10; Holm over one method = same
     assert row == "| lora | 2 | 10 | 0 / 10 / 0 | 0.0020 | 0.0020 |"
     assert "## All tasks: paired over (task, seed)" in text
+    assert text.count("smallest two-sided Wilcoxon p is 0.0625") == 2  # each task's 5 pairs; not the 10 pooled
     cv = small_table().assign(fold=0, n_train=160, n_test=40)
     cv = pd.concat([cv, cv.assign(fold=1)])
     text = comparison_markdown(cv, reference="bidora", machine="box")
@@ -96,6 +97,7 @@ def test_report_across_tasks_and_cv_statistics():
     p = 2 * stats.t.sf(0.1 / se, 9)
     lora_row = next(line for line in text.splitlines() if line.startswith("| lora | -0.100"))
     assert f"| {p:.4f} |" in lora_row and "of 38" not in lora_row
+    assert "smallest two-sided Wilcoxon" not in text  # under CV the p is Nadeau–Bengio's
 
 
 def test_mean_sd_formats_single_run_without_sd():
