@@ -183,7 +183,9 @@ def cell_row(cell: Cell) -> dict:
             "max_epochs": None if baseline else cell.config.optim.max_epochs,
             "trainable_params": run.get("trainable_params"), "wall_time_s": run.get("wall_time_s"),
             "peak_rss_mb": run.get("cell_peak_rss_mb"), "backbone": None if baseline else run.get("backbone"),
-            "pretrained": None if baseline else run.get("pretrained"), **metrics}
+            "pretrained": None if baseline else run.get("pretrained"),
+            "predictions": str(cell.path / "predictions.csv") if (cell.path / "predictions.csv").exists() else None,
+            **metrics}
 
 
 def parse_seeds(text: str) -> list[int]:
