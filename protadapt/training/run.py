@@ -35,7 +35,7 @@ from protadapt.backbones import load_backbone
 from protadapt.config import ConfigError, DataConfig, RunConfig, check_choices
 from protadapt.data.datamodule import ProteinDataModule
 from protadapt.data.io import write_csv_atomic
-from protadapt.data.splits import identity_groups, kfold_splits
+from protadapt.data.splits import kfold_splits, split_groups
 from protadapt.data.tasks import Task, custom_task, get_task
 from protadapt.evaluation.metrics import METRIC_DIRECTION
 from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plot_training_curves
@@ -75,8 +75,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
 
     predictor = build_predictor(config, task, train)  # before the run directory: a missing backbone leaves nothing
     run_dir.mkdir(parents=True, exist_ok=True)
-    groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
-        if config.data.identity_threshold else None
+    groups = split_groups(train, config.data)
     datamodule = ProteinDataModule(
         predictor.backbone.alphabet, train=train.reset_index(drop=True),
         test=None if test is None or test.empty else test.reset_index(drop=True),
@@ -314,8 +313,7 @@ def cross_validate(config: RunConfig, folds: int = 5, repeats: int = 1, out: str
     task = resolve_task(config.data)
     frame = task.load()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
-        if config.data.identity_threshold else None
+    groups = split_groups(train, config.data)
     out = Path(out or Path(config.out) / f"cv-{task.name}-{config.adapter.method}-seed{config.seed}")
     rows = []
     splits = kfold_splits(train["label"].to_numpy(), folds, repeats=repeats, seed=config.seed,
