@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protadapt.data.identity import identity, identity_groups, metrics_below_identity, nearest_train_identity
+from protadapt.data.identity import (
+    WORD,
+    _fewest_shared_words,
+    _most_identities,
+    identity,
+    identity_groups,
+    metrics_below_identity,
+    nearest_train_identity,
+)
 from protadapt.evaluation.metrics import compute_metrics
 
 AMINO_ACIDS = list("ACDEFGHIKLMNPQRSTVWY")
@@ -73,6 +81,39 @@ def test_identity_is_symmetric_and_within_both_bounds(a, b):
     assert value * shorter <= lcs(a, b) + 1e-9 <= shared + 1e-9  # the two prefilter bounds hold
     if a in b or b in a:
         assert value == 1.0
+
+
+@st.composite
+def related_pairs(draw):
+    """A sequence and an edited copy (substitutions, insertions, deletions), often highly identical."""
+    a = draw(st.text(alphabet="ACDEGK", min_size=1, max_size=40))
+    b = list(a)
+    for _ in range(draw(st.integers(0, 6))):
+        position = draw(st.integers(0, len(b)))
+        edit = draw(st.sampled_from(["substitute", "insert", "delete"]))
+        if edit == "insert" or not b:
+            b.insert(position, draw(st.sampled_from("ACDEGKW")))
+        elif edit == "delete" and len(b) > 1:
+            del b[min(position, len(b) - 1)]
+        else:
+            b[min(position, len(b) - 1)] = draw(st.sampled_from("ACDEGKW"))
+    return a, "".join(b)
+
+
+def shared_words(a: str, b: str, k: int) -> int:
+    words = [[s[i:i + k] for i in range(len(s) - k + 1)] for s in (a, b)]
+    return sum(min(words[0].count(w), words[1].count(w)) for w in set(words[0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(pair=related_pairs())
+def test_word_bound_holds_for_the_optimal_alignment(pair):
+    a, b = pair
+    shorter = min(len(a), len(b))
+    identities = round(identity(a, b) * shorter)
+    words = shared_words(a, b, WORD)
+    assert words >= _fewest_shared_words(np.array(identities), np.array(shorter))
+    assert identities <= _most_identities(np.array(words), np.array(shorter))
 
 
 # --- groups: exactness of the prefilter, the warning, timing -----------------------------
