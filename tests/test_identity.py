@@ -212,6 +212,16 @@ def test_nearest_train_identity_is_the_exact_maximum():
     assert np.allclose(nearest_train_identity(query, train), expected, atol=1e-12)
 
 
+def test_nearest_train_identity_floor_leaves_nan_below_it():
+    query = random_peptides(40, (5, 15), seed=4, alphabet=list("AGKL"))
+    train = random_peptides(60, (5, 25), seed=5, alphabet=list("AGKL"))
+    exact = nearest_train_identity(query, train)
+    floored = nearest_train_identity(query, train, floor=0.8)
+    assert 0 < np.isnan(floored).sum() < len(query)
+    assert np.array_equal(np.isnan(floored), exact < 0.8 - 1e-9)
+    assert np.allclose(floored[~np.isnan(floored)], exact[exact >= 0.8 - 1e-9])
+
+
 def test_nearest_train_identity_examples():
     train = ["AAAAAAAAAAGIGKFLHSAKKFGKAFVGEIMNS", "WWWWWWWWWW"]
     result = nearest_train_identity(["GIGKALHSAKKFGKAFVGEIMNS", "WWWWWCCCCC", "WWWWW"], train)
@@ -226,6 +236,8 @@ def test_metrics_below_identity_regression():
     assert result["mse"] == pytest.approx(0.125)
     assert result == {"n": 2, **compute_metrics("regression", [1.5, 2.0], [1.0, 2.0])}
     assert metrics_below_identity(frame, 0.2, "regression") == {"n": 0}
+    frame.loc[3, "nearest_train_identity"] = np.nan  # below nearest_train_identity's floor
+    assert metrics_below_identity(frame, 0.6, "regression")["n"] == 3
 
 
 def test_metrics_below_identity_classification_maps_labels_to_probability_columns():

@@ -20,7 +20,7 @@ common k-mers counted with multiplicity (sum over words w of min(count_a(w), cou
    and on one diagonal, i.e. present in the other sequence, each at its own position. Hence
        shared_k >= I - (m - I + floor(I / 4) + 1) * (k - 1),
    which grows with I: a pair below this at the fewest identities that reach the threshold is
-   skipped. At 0.9 it leaves 64 of thermostability's 1.93 M pairs.
+   skipped. At 0.9 this bound alone leaves 64 of thermostability's 1.93 M pairs.
 3. LCS, one C score call: no alignment has more identities than the longest common subsequence,
    the optimal score under match 1, mismatch 0 and free gaps.
 Bounds 1 and 2 are sparse matrix products over k-mer "tokens" (word, its occurrence number), whose
@@ -60,7 +60,7 @@ def identity(a: str, b: str) -> float:
 def identity_groups(sequences: Sequence[str], threshold: float = 0.9) -> np.ndarray:
     """Group ids such that sequences linked by identity >= threshold share a group (single linkage).
 
-    Union-find over pairs; a pair is aligned only if both exact bounds (module docstring) let it
+    Union-find over pairs; a pair is aligned only if the exact bounds (module docstring) let it
     reach the threshold and its two sequences are not yet in one group. Groups are numbered 0, 1,
     ... by first appearance. Logs a warning when one group holds more than half the sequences.
     """
@@ -86,12 +86,14 @@ def identity_groups(sequences: Sequence[str], threshold: float = 0.9) -> np.ndar
     return groups
 
 
-def nearest_train_identity(query: Sequence[str], train: Sequence[str]) -> np.ndarray:
+def nearest_train_identity(query: Sequence[str], train: Sequence[str], floor: float = 0.0) -> np.ndarray:
     """Highest identity of each query sequence to any training sequence: how novel each test row is.
 
     Best first: training sequences are tried in decreasing order of bounds 1 and 2 (module
     docstring), the search stops once the bound cannot beat the best identity found, and a pair is
     aligned only if its LCS bound can beat it, so the result is the exact maximum over ``train``.
+    Where that maximum is below ``floor`` the value is NaN ("below the floor"), found without
+    aligning pairs the bounds rule out: unrelated long proteins are then cheap (floor 0.9).
     """
     train = [str(sequence) for sequence in train]
     if not train:
@@ -108,26 +110,28 @@ def nearest_train_identity(query: Sequence[str], train: Sequence[str]) -> np.nda
         bounds = np.minimum(residues, _most_identities(words, shorter)) / np.maximum(shorter, 1)
         for row, bound in zip(rows, bounds):
             for j in np.argsort(-bound, kind="stable"):
-                if bound[j] <= best[row] + TOLERANCE:
+                if bound[j] <= max(best[row], floor - 2 * TOLERANCE) + TOLERANCE:
                     break
                 lcs = _aligner(free_gaps=True).score(codes[row], codes[train_rows[j]])
-                if lcs / max(shorter[row - start, j], 1) > best[row] + TOLERANCE:
+                if lcs / max(shorter[row - start, j], 1) > max(best[row], floor - 2 * TOLERANCE) + TOLERANCE:
                     best[row] = max(best[row], identity(query[row], train[j]))
-    return best
+    return np.where(best < floor - TOLERANCE, np.nan, best)
 
 
 def metrics_below_identity(predictions: pd.DataFrame, threshold: float, problem_type: str) -> dict[str, float]:
     """Metrics on the rows whose ``nearest_train_identity`` is below ``threshold`` (+ their count ``n``; only ``n`` if none).
 
     ``predictions`` is a predictions.csv frame with labels: ``label`` and ``prediction`` (regression)
-    or ``prob_<class>`` columns in class order (classification).
+    or ``prob_<class>`` columns in class order (classification). NaN identities (below the floor
+    of `nearest_train_identity`) count as below: exact when the threshold is at least that floor.
     """
     from protadapt.evaluation.metrics import compute_metrics
 
     for column in ("nearest_train_identity", "label"):
         if column not in predictions:
             raise ValueError(f"predictions have no {column!r} column; metrics below an identity need it")
-    rows = predictions[predictions["nearest_train_identity"] < threshold - TOLERANCE]
+    values = predictions["nearest_train_identity"]
+    rows = predictions[values.isna() | (values < threshold - TOLERANCE)]
     if not len(rows):
         return {"n": 0}
     if problem_type == "classification":
