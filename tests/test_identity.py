@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protadapt.data.identity import (
+    MIN_LINK_LENGTH,
     WORD,
     _fewest_shared_words,
     _most_identities,
@@ -33,7 +34,8 @@ def brute_force_groups(sequences, threshold):
     """The definition with no shortcuts: every pair's identity, components by relabelling."""
     label = list(range(len(sequences)))
     for i, j in combinations(range(len(sequences)), 2):
-        if identity(sequences[i], sequences[j]) >= threshold - 1e-9:
+        a, b = sequences[i], sequences[j]
+        if a == b or (min(len(a), len(b)) >= MIN_LINK_LENGTH and identity(a, b) >= threshold - 1e-9):
             old, new = label[j], label[i]
             label = [new if value == old else value for value in label]
     first_seen = {}
@@ -128,7 +130,7 @@ def test_identity_groups_match_brute_force(sequences, threshold):
     assert np.array_equal(identity_groups(sequences, threshold), brute_force_groups(sequences, threshold))
 
 
-@pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
+@pytest.mark.parametrize("threshold", [0.6, 0.75, 0.9])
 def test_prefilter_is_exact_on_200_related_peptides(threshold):
     """Mutated copies and fragments of a few parents, so many pairs sit near every threshold."""
     rng = np.random.default_rng(7)
@@ -163,6 +165,11 @@ def test_one_group_holding_most_rows_is_announced(caplog):
     assert [record.getMessage() for record in caplog.records] == [
         f"identity grouping at 0.1 put {size} of 100 rows in one group; splits will be lopsided or fail "
         "(raise data.identity_threshold)"]
+
+
+def test_very_short_sequences_link_only_to_copies():
+    assert identity("KK", "GKKLLG") == 1.0
+    assert identity_groups(["GKKLLG", "KK", "AKKW", "KK", "KKLL"], threshold=0.9).tolist() == [0, 1, 2, 1, 0]
 
 
 def test_identity_exactly_at_threshold_links():
