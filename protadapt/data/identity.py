@@ -1,7 +1,8 @@
 """Sequence identity for leakage-free splits and honest reports (near-duplicates of training rows).
 
 identity(a, b) = identical aligned residue pairs / length of the shorter sequence, counted in the
-first optimal alignment of Biopython's ``PairwiseAligner`` in global mode with these scores:
+first optimal alignment (co-optimal ones may differ in identities; the shorter sequence goes
+first, so the choice is symmetric) of Biopython's ``PairwiseAligner`` in global mode, scores
 match 1, mismatch 0, internal gap open -4 and extend -0.5 (per residue after the first), end
 gaps free. Free end gaps let a fragment sit inside a longer sequence (a 10-mer inside a 12-mer
 scores 1.0); paid internal gaps stop unrelated sequences from collecting scattered matches (with
@@ -186,7 +187,8 @@ def _encode(sequences: list[str]) -> list[np.ndarray]:
 
 
 def _identities(a: str, b: str) -> int:
-    """Identical columns of the first optimal alignment, read off its coordinates."""
+    """Identical columns of the first optimal alignment (shorter, then smaller, sequence first)."""
+    a, b = sorted((a, b), key=lambda sequence: (len(sequence), sequence))  # so identity is symmetric
     coordinates = _aligner().align(a, b)[0].coordinates
     count = 0
     for (start_a, start_b), (end_a, end_b) in zip(coordinates.T[:-1], coordinates.T[1:]):
