@@ -35,6 +35,7 @@ class DataConfig:
     problem_type: str | None = None  # custom task: classification | regression (inferred if None)
     val_fraction: float = 0.2  # inner validation split carved from train (BiDoRA's upper level)
     identity_threshold: float | None = None  # group near-duplicates so they never straddle splits
+    group_by: str | None = None  # a column (e.g. organism) whose equal values share a group, like identity groups
     truncate: bool = False  # truncate sequences longer than the backbone allows (else an error)
     sequence_column: str = "sequence"  # custom task: table column names
     label_column: str = "label"  # also the FASTA header key (>id label=1) and the labels_file column

@@ -25,7 +25,7 @@ from protadapt.adapters import count_trainable
 from protadapt.backbones import load_backbone
 from protadapt.config import RunConfig
 from protadapt.data.datamodule import ProteinDataModule
-from protadapt.data.splits import identity_groups
+from protadapt.data.splits import split_groups
 from protadapt.data.tasks import Task, resolve_task
 from protadapt.evaluation.metrics import METRIC_DIRECTION
 from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plot_training_curves
@@ -88,8 +88,7 @@ def build_predictor(config: RunConfig, task: Task, train: pd.DataFrame) -> Prote
 def build_datamodule(config: RunConfig, predictor: ProteinPredictor, train: pd.DataFrame,
                      test: pd.DataFrame | None) -> ProteinDataModule:
     """Loaders over the run's rows, with the inner split made once (near-duplicates kept together)."""
-    groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
-        if config.data.identity_threshold else None
+    groups = split_groups(train, config.data)
     datamodule = ProteinDataModule(
         predictor.backbone.alphabet, train=train, test=test, problem_type=predictor.problem_type,
         batch_size=config.data.batch_size, val_fraction=config.data.val_fraction, seed=config.seed, groups=groups,
