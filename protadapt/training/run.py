@@ -41,7 +41,7 @@ from protadapt.evaluation.metrics import METRIC_DIRECTION
 from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plot_training_curves
 from protadapt.heads import ProteinPredictor
 from protadapt.inference import evaluate_frame, prediction_frame, predict_scores
-from protadapt.training.bilevel import BiDoRAModule, reset_for_retraining
+from protadapt.training.bilevel import BiDoRAModule, RetrainModule, reset_for_retraining
 from protadapt.training.module import AdapterModule
 
 log = logging.getLogger(__name__)
@@ -91,13 +91,14 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
             warnings.filterwarnings("ignore", message=NOISE[2])
             loaders = CombinedLoader({"inner_train": datamodule.inner_train_dataloader(),
                                       "inner_val": datamodule.inner_val_dataloader()}, mode="max_size_cycle")
-        best_epoch = _train(search, config, run_dir, "search", loaders, datamodule.val_dataloader(),
-                            monitor, mode, resume)
+        # a fixed search budget (official protocol): inner_val trains the magnitudes, so it picks no epoch
+        _train(search, config, run_dir, "search", loaders, datamodule.val_dataloader(), None, None, resume)
         if config.bilevel.retrain:
             reset_for_retraining(predictor, config.seed)
-            epochs = config.bilevel.retrain_epochs or best_epoch + 1
+            epochs = config.bilevel.retrain_epochs or config.optim.max_epochs
             retrain_optim = replace(config.optim, max_epochs=epochs, lr=config.bilevel.retrain_lr or config.optim.lr)
-            _train(AdapterModule(predictor, retrain_optim), config, run_dir, "retrain",
+            orthogonality = config.bilevel.orthogonality if config.bilevel.retrain_orthogonality else 0.0
+            _train(RetrainModule(predictor, retrain_optim, orthogonality), config, run_dir, "retrain",
                    datamodule.full_train_dataloader(), None, None, None, resume=False)
     else:
         _train(AdapterModule(predictor, config.optim), config, run_dir, "fit", datamodule.train_dataloader(),
