@@ -18,8 +18,8 @@ from protadapt.heads import POOLINGS, HeadConfig
 
 
 SCHEDULES = ("cosine", "linear", "constant")
-# forward + backward passes per upper step beyond the lower step's own: 3, 2 and 1 (results/train_step.md)
-HYPERGRADIENTS = ("darts", "darts_one_sided", "first_order")
+# forward + backward passes per upper step beyond the lower step's own: 3, 2, 3 and 1 (results/train_step.md)
+HYPERGRADIENTS = ("darts", "darts_one_sided", "darts_unrolled", "first_order")
 LOGGERS = ("csv", "tensorboard", "none")
 
 
@@ -61,16 +61,23 @@ class OptimConfig:
 
 @dataclass
 class BilevelConfig:
-    """BiDoRA (methods.md): directions on inner_train, magnitudes on inner_val, then retraining."""
+    """BiDoRA (methods.md): directions on inner_train, magnitudes on inner_val, then retraining.
 
-    hypergradient: str = "darts"  # darts | darts_one_sided | first_order
+    Both phases run fixed budgets, as the official code does: the search `optim.max_epochs` epochs
+    with no early stopping and no best-checkpoint pick (inner_val trains the magnitudes, so it
+    cannot also choose the epoch), the retrain `retrain_epochs`.
+    """
+
+    hypergradient: str = "darts"  # darts (Betty's) | darts_one_sided | darts_unrolled (DARTS paper) | first_order
     unroll_steps: int = 1  # lower steps per upper step
-    arch_lr: float = 1e-3  # upper-level (magnitude) learning rate
-    arch_weight_decay: float = 0.0
+    unrolled_xi: float | None = None  # darts_unrolled: ξ of the virtual step (default: the lower lr)
+    magnitude_lr: float = 1e-3  # upper-level (magnitude) learning rate (official arch_lr)
+    magnitude_weight_decay: float = 0.0  # (official arch_weight_decay)
     orthogonality: float = 1e-5  # λ of the regulariser R (official reg_loss_d)
     retrain: bool = True  # retrain directions + head on all training data, magnitudes fixed
-    retrain_epochs: int | None = None  # default: the epochs the search phase ran
+    retrain_epochs: int | None = None  # default: optim.max_epochs, the search budget
     retrain_lr: float | None = None  # default: optim.lr
+    retrain_orthogonality: bool = True  # keep λ·R in the retrain loss, as the official code does
 
 
 @dataclass

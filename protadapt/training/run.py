@@ -32,7 +32,7 @@ from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plo
 from protadapt.files import write_csv_atomic, write_json_atomic
 from protadapt.inference import evaluate_frame, prediction_frame, predict_scores
 from protadapt.model import ProteinPredictor
-from protadapt.training.bilevel import BiDoRAModule, reset_for_retraining
+from protadapt.training.bilevel import BiDoRAModule, RetrainModule, reset_for_retraining
 from protadapt.training.distributed import global_rank, ranks_agree
 from protadapt.training.module import PredictorModule
 from protadapt.training.trainer import Phase, inference_precision, train
@@ -105,13 +105,16 @@ def train_predictor(predictor: ProteinPredictor, datamodule: ProteinDataModule, 
               Phase("fit", datamodule.train_dataloader(), datamodule.val_dataloader(), monitor, resume))
         return
     search = BiDoRAModule(predictor, config.optim, config.bilevel)
-    best_epoch = train(search, config, run_dir,
-                       Phase("search", datamodule.bilevel_dataloader(), datamodule.val_dataloader(), monitor, resume))
+    # a fixed search budget (official protocol): inner_val trains the magnitudes, so it picks no epoch
+    train(search, config, run_dir,
+          Phase("search", datamodule.bilevel_dataloader(), datamodule.val_dataloader(), None, resume))
     if config.bilevel.retrain:
         reset_for_retraining(predictor, config.seed)
-        epochs = config.bilevel.retrain_epochs or best_epoch + 1
+        epochs = config.bilevel.retrain_epochs or config.optim.max_epochs
         optim = replace(config.optim, max_epochs=epochs, lr=config.bilevel.retrain_lr or config.optim.lr)
-        train(PredictorModule(predictor, optim), config, run_dir, Phase("retrain", datamodule.full_train_dataloader()))
+        orthogonality = config.bilevel.orthogonality if config.bilevel.retrain_orthogonality else 0.0
+        train(RetrainModule(predictor, optim, orthogonality), config, run_dir,
+              Phase("retrain", datamodule.full_train_dataloader()))
 
 
 def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.DataFrame | None,
