@@ -6,7 +6,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import CombinedLoader
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -333,11 +332,11 @@ def _search_magnitudes(hypergradient: str, epochs: int = 3) -> tuple[torch.Tenso
     initial = _flat(predictor.magnitude_parameters()).detach().clone()
     frame = get_task("bbb").load()
     datamodule = ProteinDataModule(predictor.backbone.alphabet, train=frame[frame["split"] == "train"].reset_index(drop=True),
-                                   problem_type="classification", batch_size=DataConfig().batch_size)
+                                   problem_type="classification", batch_size=DataConfig().batch_size,
+                                   val_fraction=DataConfig().val_fraction)
     datamodule.setup("fit")
     module = BiDoRAModule(predictor, OptimConfig(max_epochs=epochs), BilevelConfig(hypergradient=hypergradient))
-    loaders = CombinedLoader({"inner_train": datamodule.inner_train_dataloader(),
-                              "inner_val": datamodule.inner_val_dataloader()}, mode="max_size_cycle")
+    loaders = datamodule.bilevel_dataloader()
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", deterministic=True)
     trainer.fit(module, train_dataloaders=loaders)
