@@ -107,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
     analyze.set_defaults(handler=_analyze)
 
-    export = commands.add_parser("export", help="a trained run as a PEFT adapter or a merged HF model (+ its head)")
+    export = commands.add_parser("export", help="a trained run as a PEFT adapter, a merged HF model (+ its head) or ONNX")
     export.add_argument("run_dir")
-    export.add_argument("--format", required=True, choices=["peft", "merged"], help="what to write")
+    export.add_argument("--format", required=True, choices=["peft", "merged", "onnx"], help="what to write")
     export.add_argument("-o", "--out", required=True, help="output directory (must not exist, or be empty)")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     export.set_defaults(handler=_export)

@@ -25,6 +25,8 @@ peft = pytest.importorskip("peft")
 
 REPO = Path(__file__).resolve().parents[1]
 HF_CONFIG_8M = REPO.parent / "shared" / "models" / "esm2_t6_8M_UR50D_hf_config"
+LONGER = ["MSTNPKPQRKTKRNTNRRPQDVKFPGGGQIVGGVYLLPRRGPRLGVRATRKTSERSQPRGRRQPIPKARRPEGRTWAQPGYPWPLYGNEGCGWAGWLLSPRGSRPSWGPTDPRRRSRNLGKVIDTLTCGFADLMGYIPLVGAPLGGAARALAHGVRVLEDGVNYATGNLPGCSFSIFLLALLSCLTVPASA",
+          "MKVLAAGIVALLLAAGCSSSKEETKAPAAE"]
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "GLFDIVKKVVGALGSL", "ACDEFGHIKLMNPQRSTVWYACDEFGHIKLMN", "KWKLFKKIGAVLKVL"]
 LABELS = ["no", "yes"]
 
@@ -45,10 +47,10 @@ def make_run(directory: Path, method: str, backbone: str = "tiny", head: HeadCon
     return directory
 
 
-def protadapt_scores(run_dir: Path) -> torch.Tensor:
+def protadapt_scores(run_dir: Path, sequences: list[str] = SEQUENCES) -> torch.Tensor:
     predictor, _ = ProteinPredictor.load(run_dir)
-    frame = pd.DataFrame({"id": [f"s{i}" for i in range(len(SEQUENCES))], "sequence": SEQUENCES})
-    return torch.from_numpy(predict_scores(predictor, frame, batch_size=len(SEQUENCES)))
+    frame = pd.DataFrame({"id": [f"s{i}" for i in range(len(sequences))], "sequence": sequences})
+    return torch.from_numpy(predict_scores(predictor, frame, batch_size=len(sequences)))
 
 
 def protadapt_head(hidden: torch.Tensor, input_ids: torch.Tensor, export_dir: Path) -> torch.Tensor:
@@ -204,6 +206,51 @@ def test_inverse_names_round_trip_through_the_loaders_mapping():
             assert hf_to_fair_esm_key("esm." + fair_esm_to_hf_key(key)) == key
 
 
+# ---------------------------------------------------------------- --format onnx
+
+ONNX_CASES = {
+    "tiny-dora-hidden": ("dora", "tiny", HeadConfig(hidden_dim=16), {"include_ffn": True}),
+    "tiny-prompt-regression": ("prompt", "tiny", HeadConfig(problem_type="regression"), {"num_prompts": 3}),
+    "tiny-full-bos": ("full", "tiny", HeadConfig(pooling="bos"), {}),
+    "8M-lora": ("lora", "esm2_t6_8M_UR50D", HeadConfig(), {}),
+}
+
+
+@pytest.mark.parametrize("case", ONNX_CASES, ids=list(ONNX_CASES))
+def test_onnx_graph_predicts_what_protadapt_predicts_at_other_batch_sizes_and_lengths(case, tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    method, backbone, head, adapter = ONNX_CASES[case]
+    run_dir = make_run(tmp_path / "run", method, backbone, head, **adapter)
+    out = export_run(run_dir, tmp_path / "onnx", "onnx")
+    assert json.loads((out / "onnx.json").read_text())["onnxruntime_check"]["max_abs_difference"] <= 1e-5
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    for sequences in (SEQUENCES, LONGER, SEQUENCES[1:2]):  # batch 4 padded, 2 long padded, 1 unpadded
+        batch = tokenizer(sequences, return_tensors="np", padding=True)
+        (theirs,) = session.run(["scores"], {"tokens": batch["input_ids"]})
+        ours = protadapt_scores(run_dir, sequences).numpy()
+        assert theirs.shape == ours.shape and abs(theirs - ours).max() <= 1e-5
+
+
+def test_onnx_export_is_refused_when_onnxruntime_disagrees(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import protadapt.export.onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "TOLERANCE", -1.0)  # any difference, even 0, is now too large
+    with pytest.raises(ExportError, match="onnxruntime differs from protadapt"):
+        export_run(make_run(tmp_path / "run", "lora"), tmp_path / "onnx", "onnx")
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_onnx_without_its_packages_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    with pytest.raises(ExportError, match=r"needs onnxruntime: pip install 'protadapt\[export\]'"):
+        export_run(make_run(tmp_path / "run", "lora"), tmp_path / "onnx", "onnx")
+
+
 # ---------------------------------------------------------------- output directory and CLI
 
 
@@ -241,6 +288,15 @@ def test_cli_export_writes_and_refuses_in_one_line(tmp_path, capsys):
     assert main(["export", str(wegeft), "--format", "peft", "-o", str(tmp_path / "w")]) == 1
     error = capsys.readouterr().err
     assert error.startswith("protadapt: error: ") and "wegeft" in error and error.count("\n") == 1
+
+
+def test_cli_offers_exactly_the_formats_export_has():
+    from protadapt.cli import build_parser
+    from protadapt.export import writers
+
+    (export,) = [a for a in build_parser()._subparsers._group_actions[0].choices.items() if a[0] == "export"]
+    (fmt,) = [a for a in export[1]._actions if a.dest == "format"]
+    assert list(fmt.choices) == list(writers())
 
 
 def test_readme_documents_the_snippet_the_tests_run():

@@ -1,4 +1,4 @@
-"""`protadapt export`: a trained run as files other tools load — a PEFT adapter or a merged HF model.
+"""`protadapt export`: a trained run as files other tools load — a PEFT adapter, a merged HF model, ONNX.
 
 Every format writes into a temporary directory beside `OUT_DIR` and renames it into place, so an
 interrupted export leaves no half directory. What a format cannot carry exactly is refused with one
@@ -20,7 +20,7 @@ from protadapt.model import ProteinPredictor
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str, overwrite: bool = False) -> Path:
-    """Write run `run_dir` as `fmt` (peft | merged) into `out_dir`; returns `out_dir`."""
+    """Write run `run_dir` as `fmt` (peft | merged | onnx) into `out_dir`; returns `out_dir`."""
     writer = writers().get(fmt)
     if writer is None:
         raise ExportError(f"unknown export format '{fmt}'; choose one of: {', '.join(writers())}")
@@ -39,9 +39,10 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str, overwrite: bo
 def writers() -> dict[str, Callable]:
     """Format name → `writer(predictor, metadata, directory)` returning the README's summary line."""
     from protadapt.export.merged import write_merged
+    from protadapt.export.onnx import write_onnx
     from protadapt.export.peft import write_peft
 
-    return {"peft": write_peft, "merged": write_merged}
+    return {"peft": write_peft, "merged": write_merged, "onnx": write_onnx}
 
 
 def check_destination(out_dir: Path, overwrite: bool) -> None:

@@ -20,8 +20,10 @@ def check_exportable(predictor: ProteinPredictor, fmt: str, run_dir: Path) -> No
     method = predictor.method
     prefix = f"{run_dir}: cannot export as {fmt}:"
     if architecture.family != "esm2":
-        raise ExportError(f"{prefix} backbone {architecture.name} is not ESM-2 (learned positions); "
-                          f"exports target transformers' rotary ESM-2 EsmModel")
+        raise ExportError(f"{prefix} backbone {architecture.name} is not ESM-2 (learned positions); exports "
+                          f"target transformers' rotary ESM-2 EsmModel, and ONNX is verified on ESM-2 only")
+    if fmt == "onnx":
+        return  # the whole predictor is traced: every method, prompt tuning included
     if predictor.backbone.prompt is not None:
         raise ExportError(f"{prefix} method {method.name} inserts learned vectors after BOS, which no weight "
                           f"absorbs and PEFT's prompt tuning (virtual tokens before BOS) does not reproduce")

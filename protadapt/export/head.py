@@ -42,17 +42,22 @@ def protadapt_head(hidden, input_ids, export_dir):
 
 LOADERS = {
     "peft": ('from peft import PeftModel\nfrom transformers import AutoTokenizer, EsmModel\n\n'
-             'base = EsmModel.from_pretrained("{base}", add_pooling_layer=False)\n'
-             'model = PeftModel.from_pretrained(base, "{out}").eval()\n'
-             'tokenizer = AutoTokenizer.from_pretrained("{base}")\n'),
+             'base = EsmModel.from_pretrained("<BASE>", add_pooling_layer=False)\n'
+             'model = PeftModel.from_pretrained(base, "<OUT>").eval()\n'
+             'tokenizer = AutoTokenizer.from_pretrained("<BASE>")\n'),
     "merged": ('from transformers import AutoTokenizer, EsmModel\n\n'
-               'model = EsmModel.from_pretrained("{out}", add_pooling_layer=False).eval()\n'
-               'tokenizer = AutoTokenizer.from_pretrained("{out}")\n'),
+               'model = EsmModel.from_pretrained("<OUT>", add_pooling_layer=False).eval()\n'
+               'tokenizer = AutoTokenizer.from_pretrained("<OUT>")\n'),
 }
 USAGE = ('batch = tokenizer(["MKTAYIAKQR", "GLFDIVKKVV"], return_tensors="pt", padding=True)\n'
          'with torch.no_grad():\n'
          '    hidden = model(**batch).last_hidden_state\n'
-         'print(protadapt_head(hidden, batch["input_ids"], "{out}"))  # columns: head.json "labels"\n')
+         'print(protadapt_head(hidden, batch["input_ids"], "<OUT>"))  # columns: head.json "labels"\n')
+ONNX_USAGE = ('import onnxruntime\nfrom transformers import AutoTokenizer\n\n'
+              'session = onnxruntime.InferenceSession("<OUT>/model.onnx")\n'
+              'tokenizer = AutoTokenizer.from_pretrained("<OUT>")\n'
+              'batch = tokenizer(["MKTAYIAKQR", "GLFDIVKKVV"], return_tensors="np", padding=True)\n'
+              'print(session.run(["scores"], {"tokens": batch["input_ids"]})[0])  # columns: onnx.json "labels"\n')
 
 
 def write_head(predictor: ProteinPredictor, metadata: dict, directory: Path) -> None:
@@ -77,10 +82,10 @@ def write_head(predictor: ProteinPredictor, metadata: dict, directory: Path) -> 
 
 def write_readme(directory: Path, fmt: str, out_dir: Path, base: str | None, summary: str) -> None:
     """README.md of an export: what it is and the code that predicts with it, head included."""
-    loader = LOADERS.get(fmt, "").format(base=base or "BASE_ESM2_MODEL", out=out_dir)
+    code = ONNX_USAGE if fmt == "onnx" else f"{HEAD_SNIPPET}\n{LOADERS[fmt]}{USAGE}"
+    code = code.replace("<BASE>", base or "BASE_ESM2_MODEL").replace("<OUT>", str(out_dir))
     note = "" if base or fmt != "peft" else (
         "\nThe run used a randomly initialised backbone, so no published base model matches it: "
         "replace BASE_ESM2_MODEL by a directory holding those weights (or export --format merged).\n")
-    text = (f"# protadapt export ({fmt})\n\n{summary}\n{note}\n"
-            f"## Predicting\n\n```python\n{HEAD_SNIPPET}\n{loader}{USAGE.format(out=out_dir)}```\n")
+    text = f"# protadapt export ({fmt})\n\n{summary}\n{note}\n## Predicting\n\n```python\n{code}```\n"
     write_atomic(directory / "README.md", "w", lambda handle: handle.write(text))
