@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from pathlib import Path
@@ -25,7 +26,8 @@ peft = pytest.importorskip("peft")
 
 REPO = Path(__file__).resolve().parents[1]
 HF_CONFIG_8M = REPO.parent / "shared" / "models" / "esm2_t6_8M_UR50D_hf_config"
-LONGER = ["MSTNPKPQRKTKRNTNRRPQDVKFPGGGQIVGGVYLLPRRGPRLGVRATRKTSERSQPRGRRQPIPKARRPEGRTWAQPGYPWPLYGNEGCGWAGWLLSPRGSRPSWGPTDPRRRSRNLGKVIDTLTCGFADLMGYIPLVGAPLGGAARALAHGVRVLEDGVNYATGNLPGCSFSIFLLALLSCLTVPASA",
+LONGER = ["MSTNPKPQRKTKRNTNRRPQDVKFPGGGQIVGGVYLLPRRGPRLGVRATRKTSERSQPRGRRQPIPKARRPEGRTWAQPGYPWPLYGNEGCGW"
+          "AGWLLSPRGSRPSWGPTDPRRRSRNLGKVIDTLTCGFADLMGYIPLVGAPLGGAARALAHGVRVLEDGVNYATGNLPGCSFSIFLLALLSCLTVPASA",
           "MKVLAAGIVALLLAAGCSSSKEETKAPAAE"]
 SEQUENCES = ["MKTAYIAKQRQISFVKSHFSRQ", "GLFDIVKKVVGALGSL", "ACDEFGHIKLMNPQRSTVWYACDEFGHIKLMN", "KWKLFKKIGAVLKVL"]
 LABELS = ["no", "yes"]
@@ -34,7 +36,8 @@ LABELS = ["no", "yes"]
 def make_run(directory: Path, method: str, backbone: str = "tiny", head: HeadConfig | None = None,
              seed: int = 0, **adapter) -> Path:
     """A run directory whose trainable tensors are random (not at init), saved as `fit` saves it."""
-    predictor = ProteinPredictor(load_backbone(backbone, random_init=True), head or HeadConfig(),
+    pretrained = Path(backbone).is_dir()  # an HF directory: its weights; a name: that architecture, random
+    predictor = ProteinPredictor(load_backbone(backbone, random_init=not pretrained), head or HeadConfig(),
                                  AdapterConfig(method=method, rank=4, alpha=8.0, **adapter))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -251,6 +254,33 @@ def test_onnx_without_its_packages_names_the_extra(tmp_path, monkeypatch):
         export_run(make_run(tmp_path / "run", "lora"), tmp_path / "onnx", "onnx")
 
 
+# ---------------------------------------------------------------- each export's README.md, run as written
+
+
+def run_readme_code(export_dir: Path) -> torch.Tensor:
+    """Execute the python block of `export_dir/README.md`; return what its last line prints."""
+    text = (export_dir / "README.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    printed = []
+    exec(code, {"print": printed.append})
+    return torch.as_tensor(printed[-1])
+
+
+def test_every_exports_readme_code_predicts_what_protadapt_predicts(tmp_path):
+    """The user path: a pretrained HF-directory backbone, then the README code of each export verbatim."""
+    base_run = make_run(tmp_path / "base-run", "head")
+    base_dir = export_run(base_run, tmp_path / "esm2-base", "merged")  # a head run: the backbone unchanged
+    run_dir = make_run(tmp_path / "run", "dora", str(base_dir), HeadConfig(hidden_dim=8))
+    expected = protadapt_scores(run_dir, ["MKTAYIAKQR", "GLFDIVKKVV"])
+    peft_dir = export_run(run_dir, tmp_path / "peft", "peft")
+    config = json.loads((peft_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base_dir.resolve())
+    formats = ["peft", "merged"] + (["onnx"] if importlib.util.find_spec("onnxruntime") else [])
+    for fmt in formats:
+        out = peft_dir if fmt == "peft" else export_run(run_dir, tmp_path / fmt, fmt)
+        assert (run_readme_code(out) - expected).abs().max() <= 1e-5, fmt
+
+
 # ---------------------------------------------------------------- output directory and CLI
 
 
@@ -258,6 +288,7 @@ def test_existing_output_is_refused_unless_overwrite_and_nothing_half_written_is
     run_dir = make_run(tmp_path / "run", "lora")
     out = tmp_path / "out"
     out.mkdir()
+    assert (export_run(run_dir, out, "peft") / "adapter_model.safetensors").exists()  # an empty directory is fine
     (out / "keep.txt").write_text("x")
     with pytest.raises(ExportError, match="not empty.*--overwrite"):
         export_run(run_dir, out, "peft")

@@ -36,10 +36,14 @@ def write_peft(predictor: ProteinPredictor, metadata: dict, directory: Path) -> 
     write_json_atomic(adapter_config(predictor, sorted(layers), base), directory / "adapter_config.json")
     write_head(predictor, metadata, directory)
     config = predictor.adapter_config
-    return (f"A PEFT {'DoRA' if config.method != 'lora' else 'LoRA'} adapter (r={config.rank}, "
-               f"lora_alpha={config.alpha:g}) on {len(layers)} linears of transformers' EsmModel "
-               f"({predictor.backbone.architecture.name}), trained by protadapt method {config.method}; "
-               f"protadapt's pooling + head are head.safetensors + head.json, applied as below.")
+    kind = "DoRA" if uses_dora(predictor) else "LoRA"
+    return (f"A PEFT {kind} adapter (r={config.rank}, lora_alpha={config.alpha:g}) on {len(layers)} linears of "
+            f"transformers' EsmModel ({predictor.backbone.architecture.name}), trained by protadapt method "
+            f"{config.method}; protadapt's pooling + head are head.safetensors + head.json, applied as below.")
+
+
+def uses_dora(predictor: ProteinPredictor) -> bool:
+    return any(isinstance(layer, DoRALinear) for layer in linear_adapters(predictor).values())
 
 
 def adapter_config(predictor: ProteinPredictor, modules: list[str], base: str | None) -> dict:
@@ -48,7 +52,7 @@ def adapter_config(predictor: ProteinPredictor, modules: list[str], base: str | 
     return {
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": base, "inference_mode": True,
         "r": config.rank, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-        "use_dora": any(isinstance(layer, DoRALinear) for layer in linear_adapters(predictor).values()),
+        "use_dora": uses_dora(predictor),
         "target_modules": "|".join(re.escape(name) for name in modules),
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True,
         "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
