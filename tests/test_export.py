@@ -201,6 +201,20 @@ def test_merged_8m_config_is_the_hub_config_of_that_architecture(tmp_path):
     assert (out / "vocab.txt").read_text() == (HF_CONFIG_8M / "vocab.txt").read_text()
 
 
+def test_base_model_is_the_hub_copy_of_a_published_checkpoint_and_none_for_random_weights(tmp_path):
+    from types import SimpleNamespace as Backbone
+
+    from protadapt.backbones import ARCHITECTURES
+    from protadapt.export.hf import base_model_name
+
+    published, own = ARCHITECTURES["esm2_t6_8M_UR50D"], Architecture("my_esm2", "esm2", 2, 32, 4)
+    checkpoint = str(tmp_path / "esm2_t6_8M_UR50D.pt")
+    assert base_model_name(Backbone(pretrained=True, source=checkpoint, architecture=published)) == \
+        "facebook/esm2_t6_8M_UR50D"
+    assert base_model_name(Backbone(pretrained=True, source="my_esm2.pt", architecture=own)) is None
+    assert base_model_name(Backbone(pretrained=False, source="random-init:seed=0", architecture=published)) is None
+
+
 def test_inverse_names_round_trip_through_the_loaders_mapping():
     from protadapt.backbones import hf_to_fair_esm_key
 
@@ -315,6 +329,7 @@ def test_cli_export_writes_and_refuses_in_one_line(tmp_path, capsys):
     assert "wrote peft export" in capsys.readouterr().out
     readme = (tmp_path / "out" / "README.md").read_text()
     assert HEAD_SNIPPET in readme and str((tmp_path / "out").resolve()) in readme
+    assert "randomly initialised backbone" in readme and 'from_pretrained("BASE_ESM2_MODEL"' in readme
     wegeft = make_run(tmp_path / "wegeft", "wegeft")
     assert main(["export", str(wegeft), "--format", "peft", "-o", str(tmp_path / "w")]) == 1
     error = capsys.readouterr().err

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from protadapt.backbones import HF_TO_FAIR_ESM, Architecture, Backbone
+from protadapt.backbones import ARCHITECTURES, HF_TO_FAIR_ESM, Architecture, Backbone
 from protadapt.files import write_atomic, write_bytes_atomic, write_json_atomic
 
 HF_PREFIX = "esm."  # HF_TO_FAIR_ESM's names are EsmFor*'s; EsmModel's drop this prefix
@@ -71,7 +71,8 @@ def base_model_name(backbone: Backbone) -> str | None:
     source = Path(backbone.source)
     if source.is_dir():
         return str(source.resolve())
-    return f"facebook/{backbone.architecture.name}" if backbone.architecture.name.startswith("esm2_") else None
+    name = backbone.architecture.name  # a fair-esm checkpoint of a published model: its hub copy
+    return f"facebook/{name}" if name in ARCHITECTURES and name.startswith("esm2_") else None
 
 
 def write_safetensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
