@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
     analyze.set_defaults(handler=_analyze)
     _add_serve(commands)
+    _add_export(commands)
     return parser
 
 
@@ -122,6 +123,15 @@ def _add_serve(commands) -> None:
     serve.add_argument("--max-bytes", type=int, help="request body size (more: HTTP 413)")
     _add_inference_options(serve)
     serve.set_defaults(handler=_serve)
+
+
+def _add_export(commands) -> None:
+    export = commands.add_parser("export", help="a trained run as a PEFT adapter, a merged HF model (+ its head) or ONNX")
+    export.add_argument("run_dir")
+    export.add_argument("--format", required=True, choices=["peft", "merged", "onnx"], help="what to write")
+    export.add_argument("-o", "--out", required=True, help="output directory (must not exist, or be empty)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    export.set_defaults(handler=_export)
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
@@ -214,6 +224,14 @@ def _analyze(args: argparse.Namespace) -> int:
     correlations = analyse_runs(args.run_dirs, args.out)
     print(correlations.to_string(index=False))
     print(f"wrote {args.out}/delta_m_delta_d.csv, correlations.csv and delta_m_delta_d.png")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from protadapt.export import export_run
+
+    out = export_run(args.run_dir, args.out, args.format, overwrite=args.overwrite)
+    print(f"wrote {args.format} export of {args.run_dir} to {out} (see {out}/README.md)")
     return 0
 
 
