@@ -57,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("input", help="FASTA, CSV or TSV of sequences")
     predict.add_argument("-o", "--output", help="CSV to write (default: INPUT_STEM.predictions.csv here)")
-    predict.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     predict.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
     _add_inference_options(predict)
     predict.add_argument("--quiet", action="store_true")
@@ -67,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("input", help="labelled FASTA, CSV or TSV")
     evaluate.add_argument("-o", "--output", help="also write the metrics as JSON here")
-    evaluate.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     _add_inference_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -135,6 +133,7 @@ def _add_export(commands) -> None:
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, …")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"],
                         help="autocast dtype for the forward (bf16/fp16: faster on recent GPUs)")
