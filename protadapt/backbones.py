@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from protadapt.files import read_safetensors
+
 MODEL_DIR_ENV = "PROTADAPT_MODEL_DIR"
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 MAX_RESIDUES = 1022  # ESM-2 and ESM-1b were trained on 1024 tokens: BOS + 1022 residues + EOS
@@ -192,7 +194,7 @@ def build_random(architecture: Architecture, seed: int = 0) -> Backbone:
     """The exact architecture with random weights, the same for the same seed (so a run reloads)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model, alphabet = _build_model(architecture)
+        model, alphabet = build_model(architecture)
     return Backbone(model, alphabet, architecture, pretrained=False, source=f"random-init:seed={seed}")
 
 
@@ -272,7 +274,7 @@ def load_fair_esm_checkpoint(path: Path, name: str | None = None) -> Backbone:
                 state.update(torch.load(regression, map_location="cpu", weights_only=True)["model"])
         except Exception as error:
             raise BackboneError(f"{regression}: not a readable contact-regression file ({_one_line(error)})") from None
-    model, alphabet = _build_model(architecture)
+    model, alphabet = build_model(architecture)
     if architecture.family == "esm1b" and "embed_tokens.weight" in state:
         state["embed_tokens.weight"][alphabet.mask_idx].zero_()  # as fair-esm does, for token drop
     _load_state_strict(model, state, path)
@@ -326,17 +328,11 @@ HF_DERIVED = re.compile(r"(rotary_embeddings\.inv_freq|position_ids|lm_head\.dec
 
 def load_hf_directory(directory: Path) -> Backbone:
     """Read an HF-hub ESM-2 directory (`config.json` + `model.safetensors`) into fair-esm's ESM2."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     architecture = hf_architecture(directory)
     weights = directory / "model.safetensors"
     if not weights.exists():
         raise BackboneError(f"{weights}: missing; an HF-format ESM directory needs config.json and model.safetensors")
-    try:
-        hf_state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise BackboneError(f"{weights}: not a readable safetensors file ({_one_line(error)})") from None
+    hf_state = read_safetensors(weights, BackboneError)
     state = {}
     for key, value in hf_state.items():
         key = key.removeprefix("model.") if key.startswith("model.esm.") else key
@@ -346,7 +342,7 @@ def load_hf_directory(directory: Path) -> Backbone:
             continue
         key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # legacy names (transformers 5 writes them)
         state[hf_to_fair_esm_key(key)] = value
-    model, alphabet = _build_model(architecture)
+    model, alphabet = build_model(architecture)
     # fair-esm stores the rotary frequencies as a buffer; HF derives them, so take the built ones.
     state.update({k: v for k, v in model.state_dict().items() if k.endswith("rot_emb.inv_freq")})
     _load_state_strict(model, state, weights, optional=("lm_head.", "contact_head."))
@@ -379,7 +375,8 @@ def hf_to_fair_esm_key(key: str) -> str:
 # ---------------------------------------------------------------- shared helpers
 
 
-def _build_model(architecture: Architecture) -> tuple[nn.Module, esm.data.Alphabet]:
+def build_model(architecture: Architecture) -> tuple[nn.Module, esm.data.Alphabet]:
+    """fair-esm's model of `architecture` with fresh weights (on the current default device)."""
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
     if architecture.family == "esm2":
         model = esm.model.esm2.ESM2(architecture.num_layers, architecture.embed_dim,

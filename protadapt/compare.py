@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from protadapt.adapters import method_names
 from protadapt.config import RunConfig
-from protadapt.data.io import write_csv_atomic
-from protadapt.data.splits import kfold_splits
+from protadapt.data.splits import kfold_splits, split_groups
+from protadapt.data.tasks import resolve_task
 from protadapt.evaluation.baselines import BASELINES, run_baseline
 from protadapt.evaluation.metrics import compute_metrics
-from protadapt.training.run import fit, resolve_task
+from protadapt.files import write_csv_atomic, write_json_atomic
+from protadapt.training.run import fit
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,16 @@ def run_comparison(base: RunConfig, grid: Grid, out: str | Path) -> pd.DataFrame
     from tqdm.auto import tqdm
 
     out = Path(out)
+    unknown = [m for m in grid.methods if m not in method_names() and m not in grid.baselines]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(method_names())} "
+                         f"(baselines {', '.join(grid.baselines)} are added to every comparison)")
     cells = list(plan(base, grid, out))
     for cell in tqdm(cells, desc="compare cells", unit="cell", disable=base.quiet):
-        if cell.method in grid.baselines:
-            run_baseline_cell(cell)
-        else:
+        if cell.trains_a_model:
             run_cell(cell)
+        else:
+            run_baseline_cell(cell)
     return collect(base, grid, out)
 
 
@@ -79,6 +85,11 @@ class Cell:
     def method(self) -> str:
         return self.config.adapter.method
 
+    @property
+    def trains_a_model(self) -> bool:
+        """A registered method (trained with `fit`), not one of the baselines."""
+        return self.method in method_names()
+
 
 def plan(base: RunConfig, grid: Grid, out: Path):
     """Every cell in a fixed order: task, seed, fold, then the methods and baselines on that split."""
@@ -89,20 +100,22 @@ def plan(base: RunConfig, grid: Grid, out: Path):
         train_split = frame[frame["split"] == "train"].reset_index(drop=True)
         train_pool = subsample(train_split, (grid.max_train or {}).get(task_name), task.problem_type)
         test_split = frame[frame["split"] == "test"].reset_index(drop=True)
+        groups = split_groups(train_pool, task_config.data) if grid.cv else None
         for seed in grid.seeds:
-            for fold, train, test in cell_splits(train_pool, test_split, grid.cv, seed, task.problem_type):
+            for fold, train, test in cell_splits(train_pool, test_split, grid.cv, seed, task.problem_type, groups):
                 for method in [*grid.methods, *grid.baselines]:
                     config = replace(task_config, seed=seed, adapter=replace(task_config.adapter, method=method))
                     yield Cell(cell_dir(out, task_name, method, seed, fold), config, task.problem_type, fold,
                                train, test, len(train_split))
 
 
-def cell_splits(train: pd.DataFrame, test: pd.DataFrame, cv: int | None, seed: int, problem_type: str):
-    """(fold, train, test) per cell: the task's own split, or K folds of the training split for this seed."""
+def cell_splits(train: pd.DataFrame, test: pd.DataFrame, cv: int | None, seed: int, problem_type: str,
+                groups: np.ndarray | None = None):
+    """(fold, train, test) per cell: the task's own split, or K folds (groups kept whole) of the training split."""
     if not cv:
         yield None, train, test
         return
-    folds = kfold_splits(train["label"].to_numpy(), cv, seed=seed, problem_type=problem_type)
+    folds = kfold_splits(train["label"].to_numpy(), cv, seed=seed, problem_type=problem_type, groups=groups)
     for fold, (train_idx, test_idx) in enumerate(folds):
         yield fold, train.iloc[train_idx].reset_index(drop=True), train.iloc[test_idx].reset_index(drop=True)
 
@@ -148,9 +161,8 @@ def run_baseline_cell(cell: Cell) -> None:
     num_classes = int(train["label"].max()) + 1 if problem_type == "classification" else None
     scores = run_baseline(cell.method, train["sequence"].tolist(), train["label"].to_numpy(),
                           test["sequence"].tolist(), problem_type, num_classes, cell.config.seed)
-    cell.path.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(problem_type, test["label"].to_numpy(), scores)
-    (cell.path / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2) + "\n")
+    write_json_atomic({"test": metrics}, cell.path / "metrics.json")
     _add_to_json(cell.path / "run.json", {"wall_time_s": round(time.perf_counter() - started, 3),
                                           "trainable_params": baseline_params(cell.method, problem_type, num_classes)})
 
@@ -167,13 +179,15 @@ def cell_row(cell: Cell) -> dict:
     """One CSV row: the cell's keys and settings, every test metric, and its cost."""
     metrics = json.loads((cell.path / "metrics.json").read_text()).get("test", {})
     run = json.loads((cell.path / "run.json").read_text()) if (cell.path / "run.json").exists() else {}
-    baseline = cell.method in BASELINES
+    baseline = not cell.trains_a_model
     return {"task": cell.config.data.task, "method": cell.method, "seed": cell.config.seed, "fold": cell.fold,
             "n_train": len(cell.train), "n_test": len(cell.test), "train_split_rows": cell.train_split_rows,
             "max_epochs": None if baseline else cell.config.optim.max_epochs,
             "trainable_params": run.get("trainable_params"), "wall_time_s": run.get("wall_time_s"),
             "peak_rss_mb": run.get("cell_peak_rss_mb"), "backbone": None if baseline else run.get("backbone"),
-            "pretrained": None if baseline else run.get("pretrained"), **metrics}
+            "pretrained": None if baseline else run.get("pretrained"),
+            "predictions": str(cell.path / "predictions.csv") if (cell.path / "predictions.csv").exists() else None,
+            **metrics}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -222,4 +236,4 @@ def peak_rss_mb() -> float:
 
 def _add_to_json(path: Path, values: dict) -> None:
     current = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**current, **values}, indent=2, sort_keys=True) + "\n")
+    write_json_atomic({**current, **values}, path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.strategies import Strategy
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
@@ -18,9 +19,10 @@ from protadapt.backbones import load_backbone
 from protadapt.config import BilevelConfig, OptimConfig, load_config
 from protadapt.data.datamodule import ProteinDataModule
 from protadapt.data.tasks import get_task
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 from protadapt.training.bilevel import BiDoRAModule
-from protadapt.training.module import AdapterModule, warmup_schedule
+from protadapt.training.module import PredictorModule, warmup_schedule
 
 
 
@@ -38,7 +40,8 @@ def bidora_predictor(seed: int = 0) -> ProteinPredictor:
 def bbb_datamodule(alphabet, batch_size: int = 16) -> ProteinDataModule:
     frame = get_task("bbb").load()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    datamodule = ProteinDataModule(alphabet, train=train, problem_type="classification", batch_size=batch_size)
+    datamodule = ProteinDataModule(alphabet, train=train, problem_type="classification", batch_size=batch_size,
+                                   val_fraction=0.2)
     datamodule.setup("fit")
     return datamodule
 
@@ -99,7 +102,7 @@ def run_search(hypergradient: str, unroll_steps: int, batches: int = 6) -> Level
     predictor = bidora_predictor()
     datamodule = bbb_datamodule(predictor.backbone.alphabet)
     module = BiDoRAModule(predictor, OptimConfig(lr=1e-2, warmup_fraction=0.0, max_epochs=1),
-                          BilevelConfig(hypergradient=hypergradient, unroll_steps=unroll_steps, arch_lr=1e-2))
+                          BilevelConfig(hypergradient=hypergradient, unroll_steps=unroll_steps, magnitude_lr=1e-2))
     loaders = CombinedLoader({"inner_train": datamodule.inner_train_dataloader(),
                               "inner_val": datamodule.inner_val_dataloader()}, mode="max_size_cycle")
     recorder = LevelRecorder()
@@ -110,7 +113,7 @@ def run_search(hypergradient: str, unroll_steps: int, batches: int = 6) -> Level
     return recorder
 
 
-@pytest.mark.parametrize("hypergradient", ["darts", "darts_one_sided", "first_order"])
+@pytest.mark.parametrize("hypergradient", ["darts", "darts_one_sided", "darts_unrolled", "first_order"])
 def test_bidora_levels_move_only_their_own_parameters(hypergradient):
     recorder = run_search(hypergradient, unroll_steps=1, batches=4)
     assert [(s.batch, s.level) for s in recorder.steps] == [(b, level) for b in range(4) for level in ("lower", "upper")]
@@ -163,7 +166,7 @@ def test_bidora_retrain_keeps_searched_magnitudes_bit_identical(tmp_path, monkey
 
     monkeypatch.setattr(run_module, "reset_for_retraining", record_then_reset)
     run_dir = tmp_path / "run"
-    run_module.fit(quick_config("bidora", "bilevel.arch_lr=1e-2"), run_dir)
+    run_module.fit(quick_config("bidora", "bilevel.magnitude_lr=1e-2"), run_dir)
 
     saved = load_file(str(run_dir / "adapter.safetensors"))
     magnitudes = {k: v for k, v in saved.items() if k.endswith("magnitude")}
@@ -171,13 +174,13 @@ def test_bidora_retrain_keeps_searched_magnitudes_bit_identical(tmp_path, monkey
     for name, value in magnitudes.items():
         assert torch.equal(value, at_retrain[name]), name  # retraining never touched them
 
-    best = torch.load(run_dir / "checkpoints" / "search" / "best.ckpt", weights_only=False)["state_dict"]
+    last = torch.load(run_dir / "checkpoints" / "search" / "last.ckpt", weights_only=False)["state_dict"]
     initial = dict(bidora_predictor().named_parameters())
     for name, value in magnitudes.items():
-        assert torch.equal(best[f"predictor.{name}"], value)  # = the best search checkpoint's
+        assert torch.equal(last[f"predictor.{name}"], value)  # = the final search epoch's
         assert not torch.equal(initial[name].detach(), value)  # and the search did move them
     directions = [k for k in saved if k.endswith(".up")]
-    assert any(not torch.equal(best[f"predictor.{k}"], saved[k]) for k in directions)  # retraining moved these
+    assert any(not torch.equal(last[f"predictor.{k}"], saved[k]) for k in directions)  # retraining moved these
 
     logs = {p.name for p in (run_dir / "logs").iterdir()}
     assert logs == {"search", "retrain"}
@@ -189,10 +192,22 @@ def test_bidora_without_retrain_saves_the_search_result(tmp_path):
                             run_dir)
     assert "val_note" not in result.metrics
     assert {p.name for p in (run_dir / "logs").iterdir()} == {"search"}
-    best = torch.load(run_dir / "checkpoints" / "search" / "best.ckpt", weights_only=False)["state_dict"]
+    assert not (run_dir / "checkpoints" / "search" / "best.ckpt").exists()  # no epoch is picked on inner_val
+    last = torch.load(run_dir / "checkpoints" / "search" / "last.ckpt", weights_only=False)["state_dict"]
     saved = load_file(str(run_dir / "adapter.safetensors"))
     for name, value in saved.items():
-        assert torch.equal(best[f"predictor.{name}"], value), name
+        assert torch.equal(last[f"predictor.{name}"], value), name
+
+
+@pytest.mark.parametrize("overrides, retrain_epochs", [((), 3), (("bilevel.retrain_epochs=2",), 2)])
+def test_bidora_search_and_retrain_run_fixed_budgets(tmp_path, overrides, retrain_epochs):
+    """No early stopping in the search even when inner_val never improves; retrain = the search budget by default."""
+    run_dir = tmp_path / "run"
+    run_module.fit(quick_config("bidora", "optim.max_epochs=3", "optim.patience=0", "optim.lr=0",
+                                "bilevel.magnitude_lr=0", "bilevel.hypergradient=first_order", *overrides), run_dir)
+    epochs = {phase: sorted(pd.read_csv(run_dir / "logs" / phase / "metrics.csv")["epoch"].dropna().unique())
+              for phase in ("search", "retrain")}
+    assert epochs == {"search": [0, 1, 2], "retrain": list(range(retrain_epochs))}
 
 
 # ---------------------------------------------------------------- single-level training
@@ -241,18 +256,18 @@ def test_warmup_schedule_shape(schedule):
 
 
 def test_unknown_schedule_is_rejected():
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    """Checked once, when the config is loaded (check_choices), before anything is built."""
     with pytest.raises(ValueError, match="schedule"):
-        warmup_schedule(optimizer, OptimConfig(schedule="step"), 10)
+        load_config(None, ["optim.schedule=step"])
 
 
 def test_regression_loss_is_mse_and_classification_is_cross_entropy():
     torch.manual_seed(0)
-    regression = AdapterModule(ProteinPredictor(load_backbone("tiny"), HeadConfig(problem_type="regression"),
+    regression = PredictorModule(ProteinPredictor(load_backbone("tiny"), HeadConfig(problem_type="regression"),
                                                 AdapterConfig(method="head")), OptimConfig())
     output, labels = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
     assert regression.loss(output, labels).item() == pytest.approx((1 + 4) / 2)
-    classification = AdapterModule(bidora_predictor(), OptimConfig())
+    classification = PredictorModule(bidora_predictor(), OptimConfig())
     logits = torch.tensor([[0.0, 0.0]])
     assert classification.loss(logits, torch.tensor([1])).item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
 
@@ -265,7 +280,7 @@ def test_run_paths(tmp_path):
 def test_fit_evaluates_where_it_trained_and_at_the_training_precision(tmp_path, monkeypatch):
     """Lightning's teardown moves the model to the CPU; fit moves it back before its own evaluation."""
     seen = []
-    original_to, original_predict = run_module.AdapterModule.to, run_module.predict_scores
+    original_to, original_predict = run_module.PredictorModule.to, run_module.predict_scores
 
     def record_to(module, *args, **kwargs):
         seen.append(("to", str(args[0]) if args else str(kwargs)))
@@ -280,13 +295,14 @@ def test_fit_evaluates_where_it_trained_and_at_the_training_precision(tmp_path, 
         original_teardown(strategy)
 
     original_teardown = Strategy.teardown
-    monkeypatch.setattr(run_module.AdapterModule, "to", record_to)
+    monkeypatch.setattr(run_module.PredictorModule, "to", record_to)
     monkeypatch.setattr(run_module, "predict_scores", record_predict)
     monkeypatch.setattr(Strategy, "teardown", record_teardown)
     result = run_module.fit(quick_config("lora", "optim.max_epochs=1", "trainer.precision=bf16-mixed"), tmp_path / "run")
     teardown = max(i for i, event in enumerate(seen) if event[0] == "teardown")
     assert ("to", "cpu") in seen[teardown:]  # back onto the trainer's root device (here the CPU) after teardown
     assert ("predict", "bf16") in seen[teardown:]
-    assert 0.0 <= result.metrics["test"]["accuracy"] <= 1.0
+    saved = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert result.metrics["test"]["accuracy"] == pytest.approx((saved["prediction"] == saved["label"]).mean())
     assert [run_module.inference_precision(p) for p in ("32-true", "bf16-mixed", "16-mixed", 16, "bf16-true")] == \
         ["32", "bf16", "fp16", "fp16", "bf16"]

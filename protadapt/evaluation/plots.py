@@ -9,17 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import cm
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 
+from protadapt.evaluation.calibration import expected_calibration_error, reliability_bins
+from protadapt.evaluation.analysis import by_matrix_type, distinct_points
 from protadapt.evaluation.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 
-_STAGE_PREFIX = re.compile(r"^(inner_train|outer_val|train|val|valid|validation|test|predict)[_/]")
+_STAGE_PREFIX = re.compile(r"^(inner_train|train|val|valid|validation|test|predict)[_/]")
 _LIGHTNING_SUFFIX = re.compile(r"_(step|epoch)$")  # added by self.log(on_step=True, on_epoch=True)
 
 
@@ -99,6 +102,36 @@ def plot_training_curves(metrics_csv_path: str | Path, path: str | Path) -> Path
     return save_figure(fig, path)
 
 
+def plot_delta_m_delta_d(layers: pd.DataFrame, path: str | Path) -> Path:
+    """The DoRA paper's figure: ΔM vs ΔD, one panel per method (row) and matrix type (column).
+
+    Points are layers, coloured by checkpoint in the order given (early to late), each drawn once
+    at the first checkpoint it appears in (`analysis.distinct_points`); each panel draws its
+    least-squares line and is titled with the slope and Pearson r of `analysis.by_matrix_type`.
+    """
+    if "checkpoint" not in layers.columns:
+        layers = layers.assign(checkpoint="final")
+    summary = by_matrix_type(layers).set_index(["method", "matrix_type"])
+    checkpoints = list(layers["checkpoint"].astype(str).unique())
+    layers = distinct_points(layers)
+    methods, kinds = list(layers["method"].unique()), list(layers["matrix_type"].unique())
+    colours = dict(zip(checkpoints, cm.viridis(np.linspace(0.0, 0.9, len(checkpoints)))))
+    fig, axes = new_figure(len(methods), len(kinds), panel_size=(3.6, 3.2))
+    for index, (method, kind) in enumerate((m, k) for m in methods for k in kinds):
+        ax, points = axes[index], layers[(layers["method"] == method) & (layers["matrix_type"] == kind)]
+        for checkpoint, group in points.groupby(points["checkpoint"].astype(str), sort=False):
+            ax.scatter(group["delta_d"], group["delta_m"], s=16, color=colours[checkpoint], label=checkpoint)
+        fitted = summary.loc[(method, kind)] if (method, kind) in summary.index else None
+        if fitted is not None and not math.isnan(fitted["slope"]):
+            x = np.linspace(points["delta_d"].min(), points["delta_d"].max(), 2)
+            ax.plot(x, fitted["intercept"] + fitted["slope"] * x, color="grey", linewidth=1)
+        slope, r = (fitted["slope"], fitted["r"]) if fitted is not None else (math.nan, math.nan)
+        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δm|)",
+               title=f"{method} · {kind}: slope {slope:.3g}, r {r:.2f}")
+    axes[0].legend(title="checkpoint", fontsize="x-small")
+    return save_figure(fig, path)
+
+
 def metric_family(column: str) -> str:
     """Metric name without its stage prefix and Lightning suffix: 'val_loss_epoch' -> 'loss'."""
     return _LIGHTNING_SUFFIX.sub("", _STAGE_PREFIX.sub("", column))
@@ -118,3 +151,21 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=120)
     return path
+
+
+def plot_reliability_diagram(y_true: ArrayLike, probabilities: ArrayLike, path: str | Path, n_bins: int) -> Path:
+    """Accuracy vs confidence per equal-width bin (the diagonal is perfect calibration), rows per bin below."""
+    bins = reliability_bins(y_true, probabilities, n_bins)
+    ece = expected_calibration_error(y_true, probabilities, n_bins)
+    fig, (top, bottom) = new_figure(2, 1, panel_size=(5, 2.6))
+    width = 1.0 / n_bins
+    top.bar(bins["lower"], bins["accuracy"], width=width, align="edge", edgecolor="black", label="accuracy")
+    top.bar(bins["lower"], bins["confidence"] - bins["accuracy"], bottom=bins["accuracy"], width=width,
+            align="edge", color="red", alpha=0.3, label="gap to confidence")
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
+            title=f"ECE = {ece:.3f} ({n_bins} equal-width bins, n = {int(bins['count'].sum())})")
+    top.legend(loc="upper left", fontsize="small")
+    bottom.bar(bins["lower"], bins["count"], width=width, align="edge", edgecolor="black")
+    bottom.set(xlim=(0, 1), xlabel="confidence (probability of the predicted class)", ylabel="rows")
+    return save_figure(fig, path)
