@@ -45,7 +45,7 @@ def embed_batches(backbone, frame: pd.DataFrame, layers: Sequence[int], poolings
     With `per_residue`, also "residues_layer<L>": a list of `[length, E]` arrays, one per sequence.
     """
     from protadapt.data.datamodule import make_loader
-    from protadapt.heads import mean_pool
+    from protadapt.heads import pool, residue_mask
 
     for pooling in poolings:
         if pooling not in POOLINGS:
@@ -61,14 +61,12 @@ def embed_batches(backbone, frame: pd.DataFrame, layers: Sequence[int], poolings
             for batch in loader:
                 tokens = batch["tokens"].to(device)
                 states = hidden_states(backbone, tokens, layers)
-                mask = backbone.residue_mask(tokens)
+                mask = residue_mask(tokens, backbone)
                 out: dict[str, object] = {}
                 for layer, hidden in states.items():
                     hidden = hidden.float()
-                    if "mean" in poolings:
-                        out[f"mean_layer{layer}"] = mean_pool(hidden, mask).cpu().numpy()
-                    if "bos" in poolings:
-                        out[f"bos_layer{layer}"] = hidden[:, 0].cpu().numpy()
+                    for pooling in poolings:  # the heads' own pooling, so cached vectors are what a head sees
+                        out[f"{pooling}_layer{layer}"] = pool(hidden, tokens, backbone, pooling).cpu().numpy()
                     if per_residue:
                         out[f"residues_layer{layer}"] = [h[m].cpu().numpy() for h, m in zip(hidden, mask)]
                 yield [sequences[i] for i in batch["index"].tolist()], out | {"index": batch["index"].numpy()}
