@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(handler=_analyze)
     _add_serve(commands)
     _add_export(commands)
+    _add_embed(commands)
     return parser
 
 
@@ -231,6 +232,46 @@ def _export(args: argparse.Namespace) -> int:
 
     out = export_run(args.run_dir, args.out, args.format, overwrite=args.overwrite)
     print(f"wrote {args.format} export of {args.run_dir} to {out} (see {out}/README.md)")
+    return 0
+
+
+def _add_embed(commands) -> None:
+    embed = commands.add_parser("embed", help="pooled (and per-residue) embeddings of a FASTA/CSV file")
+    embed.add_argument("input", help="FASTA, CSV or TSV of sequences")
+    embed.add_argument("-o", "--output", required=True, help="file to write: .npz, .h5 (needs h5py) or .parquet (needs pyarrow)")
+    source = embed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--backbone", help="fair-esm name, .pt file, HF directory, or tiny")
+    source.add_argument("--run", help="a run directory: embed with its trained adapters merged in")
+    embed.add_argument("--random-init", action="store_true", help="the backbone's architecture with random weights")
+    embed.add_argument("--layers", default="-1", help="comma-separated layers: 0 embeddings … N last, -1 the last")
+    embed.add_argument("--pooling", default="mean", help="mean, bos, or both as mean,bos")
+    embed.add_argument("--per-residue", action="store_true", help="also every residue's vector (.npz/.h5)")
+    embed.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
+    embed.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
+    embed.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, …")
+    embed.set_defaults(handler=_embed)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from protadapt.adapters import merge_adapters
+    from protadapt.backbones import load_backbone
+    from protadapt.data.io import read_sequences
+    from protadapt.embeddings.command import embed_file
+    from protadapt.inference import pick_device
+    from protadapt.model import ProteinPredictor
+
+    if args.run:
+        predictor, _ = ProteinPredictor.load(args.run)
+        merge_adapters(predictor)
+        backbone = predictor.backbone
+    else:
+        backbone = load_backbone(args.backbone, random_init=args.random_init)
+    frame = read_sequences(args.input, require_labels=False, truncate=args.truncate, max_length=backbone.max_residues)
+    backbone.to(pick_device(args.device))
+    layers = [int(layer) for layer in args.layers.split(",")]
+    output = embed_file(backbone, frame, args.output, layers, args.pooling.split(","), args.per_residue,
+                        **_batch_size(args))
+    print(f"wrote embeddings of {len(frame)} sequences to {output}")
     return 0
 
 

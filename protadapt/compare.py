@@ -30,6 +30,8 @@ from protadapt.training.run import fit
 
 log = logging.getLogger(__name__)
 
+PROBE = "probe"  # the frozen-embedding baseline: a row of every comparison, beside majority and composition
+
 
 @dataclass
 class Grid:
@@ -103,7 +105,7 @@ def plan(base: RunConfig, grid: Grid, out: Path):
         groups = split_groups(train_pool, task_config.data) if grid.cv else None
         for seed in grid.seeds:
             for fold, train, test in cell_splits(train_pool, test_split, grid.cv, seed, task.problem_type, groups):
-                for method in [*grid.methods, *grid.baselines]:
+                for method in [*dict.fromkeys([*grid.methods, PROBE]), *grid.baselines]:
                     config = replace(task_config, seed=seed, adapter=replace(task_config.adapter, method=method))
                     yield Cell(cell_dir(out, task_name, method, seed, fold), config, task.problem_type, fold,
                                train, test, len(train_split))

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from protadapt.adapters import AdapterConfig, method_names
+from protadapt.embeddings.cache import CacheConfig
 from protadapt.heads import POOLINGS, HeadConfig
 
 
@@ -107,6 +108,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     bilevel: BilevelConfig = field(default_factory=BilevelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # frozen embeddings (probe, head), shared by runs
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))

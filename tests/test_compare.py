@@ -127,15 +127,16 @@ def test_compare_writes_both_files_with_one_row_per_run(tmp_path, tiny_base, mon
                  "--reference", "dora", "--out", "out", "--quiet", "optim.max_epochs=1", "data.batch_size=32"])
     assert code == 0
     table = pd.read_csv(tmp_path / "out" / "comparison.csv")
-    assert len(table) == 2 * 2 + 2 * 2  # 2 methods x 2 seeds + 2 baselines x 2 seeds
-    assert sorted(table["method"].unique()) == ["composition", "dora", "lora", "majority"]
+    assert len(table) == 3 * 2 + 2 * 2  # 2 methods + the probe x 2 seeds, 2 baselines x 2 seeds
+    assert sorted(table["method"].unique()) == ["composition", "dora", "lora", "majority", "probe"]
     for column in ("accuracy", "f1", "auroc", "trainable_params", "wall_time_s", "peak_rss_mb", "seed", "fold"):
         assert column in table.columns
     assert (table.loc[table["method"] == "majority", "accuracy"] == 0.5).all()  # bbb test set: 19 of each class
     text = (tmp_path / "out" / "comparison.md").read_text()
     assert "## bbb" in text and "majority (baseline)" in text and "**dora** (reference)" in text
     assert "| lora |" in text and "seeds 0,1" in text and "Paired against **dora**" in text
-    models = table["method"].isin(["lora", "dora"])
+    assert "| probe |" in text  # the frozen-embedding baseline is in every comparison
+    models = table["method"].isin(["lora", "dora", "probe"])
     assert table.loc[models, "predictions"].map(lambda p: (tmp_path / p).exists()).all()
     assert table.loc[~models, "predictions"].isna().all()  # baselines write no predictions.csv
     assert "McNemar" in text and "| lora | 0 |" in text and "| lora | 1 |" in text  # per seed on the 38 test rows
@@ -158,7 +159,7 @@ def test_killed_compare_resumes_only_unfinished_cells(tmp_path, tiny_base, monke
     monkeypatch.setattr(compare, "fit", fake_fit(calls))
     grid = Grid(["bbb"], ["lora", "dora"], [0, 1])
     run_comparison(tiny_base, grid, tmp_path)
-    assert len(calls) == 4
+    assert len(calls) == 6  # lora, dora and the probe, 2 seeds
     cells = tmp_path / "cells" / "bbb"
     (cells / "dora" / "seed1" / "metrics.json").unlink()  # as if killed while training this cell
     (cells / "dora" / "seed1" / "stale.ckpt").write_text("half-written")
@@ -168,14 +169,15 @@ def test_killed_compare_resumes_only_unfinished_cells(tmp_path, tiny_base, monke
     assert [call[0] for call in calls] == [cells / "dora" / "seed1"]
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
     assert not (cells / "dora" / "seed1" / "stale.ckpt").exists()  # a half-written cell starts afresh
-    assert len(table) == 8 and (cells / "dora" / "seed1" / "metrics.json").exists()
+    assert len(table) == 10 and (cells / "dora" / "seed1" / "metrics.json").exists()
 
 
 def test_cv_cells_use_folds_of_the_training_split(tmp_path, tiny_base, monkeypatch):
     seen = []
     monkeypatch.setattr(compare, "fit", fake_fit(seen))
     table = run_comparison(tiny_base, Grid(["bbb"], ["lora"], [0], cv=3, baselines=("majority",)), tmp_path)
-    assert [p.name for p, *_ in seen] == ["fold0", "fold1", "fold2"]
+    assert [(p.parents[1].name, p.name) for p, *_ in seen] == [(m, f"fold{k}") for k in range(3) for m in ("lora", "probe")]
     assert all(not overlap for *_, overlap in seen)
-    assert sum(n_test for _, _, n_test, _ in seen) == table["n_train"].iloc[0] + table["n_test"].iloc[0]
-    assert list(table["fold"]) == [0, 0, 1, 1, 2, 2] and np.all(table["n_test"] < 100)
+    assert sum(n_test for path, _, n_test, _ in seen if path.parents[1].name == "lora") \
+        == table["n_train"].iloc[0] + table["n_test"].iloc[0]
+    assert list(table["fold"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and np.all(table["n_test"] < 100)

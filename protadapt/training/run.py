@@ -27,6 +27,7 @@ from protadapt.config import RunConfig
 from protadapt.data.datamodule import ProteinDataModule
 from protadapt.data.splits import split_groups
 from protadapt.data.tasks import Task, resolve_task
+from protadapt.embeddings.cache import EmbeddingCache
 from protadapt.evaluation.metrics import METRIC_DIRECTION
 from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plot_training_curves
 from protadapt.files import write_csv_atomic, write_json_atomic
@@ -100,6 +101,9 @@ def build_datamodule(config: RunConfig, predictor: ProteinPredictor, train: pd.D
 def train_predictor(predictor: ProteinPredictor, datamodule: ProteinDataModule, config: RunConfig, run_dir: Path,
                     monitor: tuple[str, str], resume: bool) -> None:
     """One single-level fit, or a bi-level method's search then (optionally) its retraining on all of train."""
+    if predictor.method.fit is not None:  # its own procedure (the probe's scikit-learn fit)
+        predictor.method.fit(predictor, datamodule, config, run_dir)
+        return
     if not predictor.method.bilevel:
         train(PredictorModule(predictor, config.optim), config, run_dir,
               Phase("fit", datamodule.train_dataloader(), datamodule.val_dataloader(), monitor, resume))
@@ -122,11 +126,15 @@ def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.
     """Validation and test metrics, the test predictions and the figures, at the training precision."""
     precision = inference_precision(config.trainer.precision)
     batch_size = config.data.batch_size
-    metrics = {"val": evaluate_frame(predictor, inner_val, batch_size=batch_size, precision=precision)}
+    cache = EmbeddingCache(config.cache) if config.cache.enabled else None
+    val_scores = predict_scores(predictor, inner_val, batch_size, precision=precision, cache=cache)
+    metrics = {"val": evaluate_frame(predictor, inner_val, batch_size=batch_size, scores=val_scores)}
     if predictor.method.bilevel and config.bilevel.retrain:
         metrics["val_note"] = "BiDoRA retrains on all training data, inner validation split included"
+    if predictor.method.fit is not None:
+        metrics["val_note"] = f"{predictor.method.name} fits on all training rows, inner validation split included"
     if test is not None:
-        scores = predict_scores(predictor, test, batch_size, precision=precision)
+        scores = predict_scores(predictor, test, batch_size, precision=precision, cache=cache)
         metrics["test"] = evaluate_frame(predictor, test, batch_size=batch_size, scores=scores)
         write_csv_atomic(prediction_frame(predictor, test, scores), run_dir / "predictions.csv")
         plot_predictions(test["label"].to_numpy(), scores, predictor.problem_type, run_dir)
