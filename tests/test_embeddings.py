@@ -64,8 +64,8 @@ def test_classification_probe_equals_the_scikit_learn_pipeline():
     scaled = StandardScaler().fit_transform(x)  # the probe standardises on all training rows, then searches C
     search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": C_GRID}, scoring="neg_log_loss",
                           cv=StratifiedKFold(5, shuffle=True, random_state=0)).fit(scaled, y)
-    assert fit.regularisation == search.best_params_["C"]
-    assert fit.cv_score == pytest.approx(search.best_score_)
+    assert fit.regularisation == search.best_params_["C"]  # warm-started path, same choice as independent fits
+    assert fit.cv_score == pytest.approx(search.best_score_, rel=1e-3)
     reference = make_pipeline(StandardScaler(), LogisticRegression(C=fit.regularisation, max_iter=5000)).fit(x, y)
     np.testing.assert_allclose(probe_scores(fit, x, "classification"), reference.predict_proba(x), atol=1e-9)
 

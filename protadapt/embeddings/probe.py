@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.metrics import log_loss
+from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 C_GRID = np.logspace(-4, 2, 13)  # inverse regularisation strengths of the logistic probe
@@ -65,13 +66,25 @@ def _fit_layer(layer: int, x: np.ndarray, labels: np.ndarray, problem_type: str,
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[LogisticRegression, float, float]:
-    """C by stratified k-fold log loss (smoother than accuracy on a few hundred rows), then a refit on all."""
+    """C by stratified k-fold log loss (smoother than accuracy on a few hundred rows), then a refit on all.
+
+    Within a fold the Cs run from strongest to weakest regularisation, each fit starting from the
+    last one's solution (the regularisation path, as LogisticRegressionCV walks it): several times
+    faster than independent fits, the same optima within the solver's tolerance.
+    """
     smallest_class = int(np.bincount(y)[np.unique(y)].min())
     if smallest_class < 2:
         raise ValueError(f"the probe needs at least 2 training examples of every class; one class has {smallest_class}")
     folds = StratifiedKFold(min(5, smallest_class), shuffle=True, random_state=seed)
-    search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": C_GRID}, cv=folds, scoring="neg_log_loss").fit(x, y)
-    return search.best_estimator_, float(search.best_score_), float(search.best_params_["C"])
+    losses = np.zeros(len(C_GRID))
+    for train, held_out in folds.split(x, y):
+        model = LogisticRegression(max_iter=5000, warm_start=True)
+        for position, c in enumerate(C_GRID):
+            model.set_params(C=c).fit(x[train], y[train])
+            losses[position] += log_loss(y[held_out], model.predict_proba(x[held_out]), labels=model.classes_)
+    best = int(np.argmin(losses))
+    model = LogisticRegression(C=float(C_GRID[best]), max_iter=5000).fit(x, y)
+    return model, float(-losses[best] / folds.get_n_splits()), float(C_GRID[best])
 
 
 def _class_weights(model: LogisticRegression, num_classes: int, width: int) -> tuple[np.ndarray, np.ndarray]:
