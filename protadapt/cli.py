@@ -239,12 +239,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _methods(args: argparse.Namespace) -> int:
     from protadapt.adapters import AdapterConfig, expected_trainable, method_names
-    from protadapt.backbones import ARCHITECTURES, hf_architecture
+    from protadapt.backbones import resolve_architecture
 
-    path = Path(args.backbone)
-    architecture = hf_architecture(path) if path.is_dir() else ARCHITECTURES.get(args.backbone)
-    if architecture is None:
-        raise ValueError(f"unknown backbone '{args.backbone}'; choose one of {', '.join(ARCHITECTURES)} or an HF directory")
+    architecture = resolve_architecture(args.backbone)
     print(f"{'method':<8} {'trainable backbone params':>26}   ({architecture.name}, rank {args.rank}"
           f"{', attention + FFN' if args.include_ffn else ', attention q/k/v/out'}; the head adds its own)")
     for name in method_names():

@@ -10,7 +10,7 @@ from torch import nn
 
 from protadapt.adapters import AdapterConfig, AdapterError, adapter_state_dict, apply_method, linear_adapters
 from protadapt.adapters.base import check_known_keys, load_state_exact, load_tensors, save_tensors
-from protadapt.backbones import Architecture, Backbone, build_random, load_backbone
+from protadapt.backbones import Architecture, Backbone, load_backbone, rebuild
 
 FORMAT_VERSION = 1
 
@@ -35,8 +35,7 @@ class HeadConfig:
 
 def residue_mask(tokens: torch.Tensor, backbone: Backbone) -> torch.Tensor:
     """True at amino-acid positions; False at BOS, EOS and padding."""
-    alphabet = backbone.alphabet
-    return (tokens != alphabet.padding_idx) & (tokens != alphabet.cls_idx) & (tokens != alphabet.eos_idx)
+    return backbone.residue_mask(tokens)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -167,8 +166,4 @@ def check_compatible(metadata: dict, architecture: Architecture, adapter: Adapte
 
 
 def _backbone_from_metadata(saved: dict) -> Backbone:
-    if not saved.get("pretrained"):
-        fields_ = {f: saved[f] for f in ("name", "family", "num_layers", "embed_dim", "attention_heads", "token_dropout")}
-        seed = int(saved.get("source", "").partition("seed=")[2] or 0)  # build_random's source names its seed
-        return build_random(Architecture(**fields_), seed=seed)  # weights are overwritten only where trained; see README
-    return load_backbone(saved["source"] if Path(saved["source"]).exists() else saved["name"])
+    return rebuild(saved)  # random init: weights are overwritten only where trained; see README

@@ -47,7 +47,7 @@ def apply_method(backbone: Backbone, config: AdapterConfig) -> list[str]:
         return []
     if config.method in LINEAR_METHODS:
         layer_class = LINEAR_METHODS[config.method]
-        return replace_linears(backbone.model, config.target_patterns(), lambda _, linear: layer_class(linear, config))
+        return replace_linears(backbone.model, config.target_patterns(backbone.architecture), lambda _, linear: layer_class(linear, config))
     if config.method in _EXTRA_METHODS:
         return _EXTRA_METHODS[config.method][0](backbone, config)
     raise AdapterError(f"unknown method '{config.method}'; choose one of: {', '.join(method_names())}")
@@ -71,23 +71,20 @@ def target_shapes(architecture: Architecture, config: AdapterConfig) -> list[tup
     """(path, in, out) of every linear the targets select, derived from the architecture alone."""
     import re
 
-    e, f = architecture.embed_dim, architecture.ffn_dim
-    linears = []
-    for i in range(architecture.num_layers):
-        linears += [(f"layers.{i}.self_attn.{p}", e, e) for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
-        linears += [(f"layers.{i}.fc1", e, f), (f"layers.{i}.fc2", f, e)]
-    patterns = [re.compile(p) for p in config.target_patterns()]
-    return [entry for entry in linears if any(p.fullmatch(entry[0]) for p in patterns)]
+    from protadapt.backbones import linear_shapes
+
+    patterns = [re.compile(p) for p in config.target_patterns(architecture)]
+    return [entry for entry in linear_shapes(architecture) if any(p.fullmatch(entry[0]) for p in patterns)]
 
 
 def backbone_parameter_count(architecture: Architecture) -> int:
     """All parameters of the architecture, counted on the meta device (no memory allocated)."""
     import torch
 
-    from protadapt.backbones import _build_model
+    from protadapt.backbones import build_model
 
     with torch.device("meta"):
-        model, _ = _build_model(architecture)
+        model, _ = build_model(architecture)
     return sum(p.numel() for p in model.parameters())
 
 
