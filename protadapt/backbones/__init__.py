@@ -119,7 +119,8 @@ def rebuild(record: dict) -> Backbone:
     if not record.get("pretrained"):
         seed = int(record.get("source", "").partition("seed=")[2] or 0)  # build_random's source names its seed
         return build_random(Architecture.from_record(record), seed=seed)
-    return load_backbone(record["source"] if Path(record["source"]).exists() else record["name"])
+    source = Path(record["source"])
+    return _load_path(source, name=record["name"]) if source.exists() else load_backbone(record["name"])
 
 
 def _load_named(name: str) -> Backbone:
