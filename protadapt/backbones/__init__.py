@@ -35,7 +35,7 @@ from protadapt.backbones.esm import (
 from protadapt.backbones.esm_hf import HF_DERIVED, HF_TO_FAIR_ESM, hf_architecture, hf_to_fair_esm_key, load_hf_directory
 from protadapt.backbones.hf import linear_shapes as _module_linear_shapes
 from protadapt.backbones.hf import read_config
-from protadapt.backbones.weights import MODEL_DIR_ENV, download, hf_snapshot, one_line, weight_search_paths
+from protadapt.backbones.weights import MODEL_DIR_ENV, cached_snapshot, download, hf_snapshot, one_line, weight_search_paths
 
 ESM_ARCHITECTURES = esm.ARCHITECTURES
 ARCHITECTURES: dict[str, Architecture] = {**ESM_ARCHITECTURES, **esmc.ARCHITECTURES, **bert.ARCHITECTURES}
@@ -123,6 +123,18 @@ def rebuild(record: dict) -> Backbone:
     return _load_path(source, name=record["name"]) if source.exists() else load_backbone(record["name"])
 
 
+def hf_weight_locations() -> dict[str, Path | None]:
+    """Where each named ESM C / BERT model's weights would be found offline (nothing is loaded)."""
+    found: dict[str, Path | None] = {}
+    for name, repo_id in {**esmc.HUB_IDS, **bert.HUB_IDS}.items():
+        found[name] = cached_snapshot(repo_id, name)
+    try:
+        found[bert.ANTIBERTY] = bert.antiberty_directory()
+    except BackboneError:
+        found[bert.ANTIBERTY] = None
+    return found
+
+
 def _load_named(name: str) -> Backbone:
     candidates = weight_search_paths(name)
     for candidate in candidates:
@@ -157,6 +169,6 @@ def _load_path(path: Path, name: str | None = None) -> Backbone:
 __all__ = [
     "ARCHITECTURES", "FAIR_ESM_URL", "FAMILIES", "HF_DERIVED", "HF_TO_FAIR_ESM", "KNOWN_SHA256", "MAX_RESIDUES",
     "MODEL_DIR_ENV", "Architecture", "Backbone", "BackboneError", "build_model", "build_random", "download",
-    "hf_architecture", "hf_to_fair_esm_key", "linear_shapes", "load_backbone", "load_hf_directory", "rebuild",
+    "hf_architecture", "hf_to_fair_esm_key", "hf_weight_locations", "linear_shapes", "load_backbone", "load_hf_directory", "rebuild",
     "resolve_architecture", "weight_search_paths", "wrap_esm",
 ]

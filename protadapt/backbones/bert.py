@@ -90,7 +90,7 @@ def build_bert(architecture: Architecture, vocabulary: Vocabulary | None = None)
     if vocabulary is None:
         words = VOCABULARIES.get(architecture.name, "").split() or [f"[unused{i}]" for i in range(config.vocab_size)]
         vocabulary = bert_tokenizer(words)
-    return transformers.BertModel(config, add_pooling_layer=False).eval(), vocabulary
+    return transformers.BertModel(config, add_pooling_layer=False), vocabulary
 
 
 def antiberty_directory() -> Path:

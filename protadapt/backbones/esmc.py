@@ -83,7 +83,7 @@ def build_esmc(architecture: Architecture) -> tuple[nn.Module, Vocabulary]:
     """`EsmcModel` of the recorded config with transformers' initialisation, SDPA attention."""
     transformers = require_transformers("ESM C")
     config = transformers.EsmcConfig.from_dict(architecture.hf_config, attn_implementation="sdpa")
-    return transformers.EsmcModel(config).eval(), esmc_tokenizer()
+    return transformers.EsmcModel(config), esmc_tokenizer()
 
 
 def esmc_directory_architecture(directory: Path, name: str | None = None) -> Architecture:

@@ -59,6 +59,19 @@ def hf_snapshot(repo_id: str, name: str) -> Path:
             f"or use --random-init for offline work") from None
 
 
+def cached_snapshot(repo_id: str, name: str) -> Path | None:
+    """Where `hf_snapshot` would find `repo_id` without the network, or None (only looks)."""
+    for path in model_dir_paths(name):
+        if path.is_dir():
+            return path
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def download(url: str, destination: Path, sha256: str | None = None) -> Path:
     """Fetch `url` to `destination` atomically, checking its sha256 when one is known."""
     destination.parent.mkdir(parents=True, exist_ok=True)
