@@ -229,6 +229,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--archs", nargs="+", default=["8M", "35M"], choices=list(ARCHS))
     parser.add_argument("--shapes", nargs="+", default=["8x64", "16x128", "4x512"], help="batch x tokens")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--no-memory", action="store_true")
@@ -248,7 +249,7 @@ def main() -> None:
             batch, length = parse_shape(shape)
             if arch != "8M" and batch * length > 512 and device.type == "cpu":
                 continue  # CPU time: 35M only on shapes of at most 512 tokens per batch
-            for method in METHODS:
+            for method in options.methods:
                 ours, theirs = build_pair(arch, method, device)
                 tokens = random_tokens(batch, length, device, ours.backbone.tokenizer)
                 train, evaluate = step_functions(ours, theirs, tokens)
@@ -281,7 +282,7 @@ def main() -> None:
     text = f"""# protadapt vs Hugging Face PEFT: same ESM-2 weights, LoRA and DoRA, rank 8, q/k/v/out
 
 Command: `{command}` ({options.repeats} interleaved timed runs per cell after a warm-up, median).
-{environment_line(device)}; random-init weights. Ratios are **protadapt / PEFT** (< 1: protadapt
+{environment_line(device)}; random-init weights (AntiBERTy: its real checkpoint). Ratios are **protadapt / PEFT** (< 1: protadapt
 faster or leaner; goal ≤ 1.0). Range of the ratios over all cells: {summary or "none"}.
 
 {markdown_table(header, rows)}

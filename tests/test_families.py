@@ -136,6 +136,16 @@ def test_prompt_output_is_aligned_and_padding_free(family, pristine):
         assert (backbone(tokens) - hidden).abs().max() > 1e-3
 
 
+def test_bert_prompt_init_is_the_embedding_output_without_dropout(pristine):
+    backbone = copy.deepcopy(pristine["bert"]).train()
+    residues = torch.tensor([backbone.tokenizer.get_idx(aa) for aa in "ACDE"])
+    first, second = backbone.prompt_init(residues), backbone.prompt_init(residues)
+    assert torch.equal(first, second) and backbone.training and backbone.model.embeddings.training
+    with torch.no_grad():
+        expected = backbone.model.embeddings.eval()(input_ids=residues.unsqueeze(0))[0]
+    assert torch.equal(first, expected)
+
+
 @pytest.mark.parametrize("family", TINY)
 @pytest.mark.parametrize("method", ["dora", "prompt", "full"])
 def test_save_and_load_with_the_head(family, method, pristine, tmp_path):

@@ -70,10 +70,14 @@ class BertBackbone(HFBackbone):
         return self.model.encoder(x, attention_mask=mask).last_hidden_state
 
     def prompt_init(self, residues: torch.Tensor) -> torch.Tensor:
-        """The embedding layer's output for the residues, as the first layer would see them."""
-        with torch.no_grad():
-            device = self.model.embeddings.word_embeddings.weight.device
-            return self.model.embeddings(input_ids=residues.to(device).unsqueeze(0))[0]
+        """The embedding layer's output for the residues (no dropout), as the first layer would see them."""
+        embeddings = self.model.embeddings
+        training = embeddings.training
+        try:
+            with torch.no_grad():
+                return embeddings.eval()(input_ids=residues.to(embeddings.word_embeddings.weight.device).unsqueeze(0))[0]
+        finally:
+            embeddings.train(training)
 
 
 register_family("bert", BertBackbone)
