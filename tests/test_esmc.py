@@ -3,12 +3,15 @@ our forward equal to `EsmcModel` on the same weights, and an HF directory writte
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 import transformers
 
 from protadapt.adapters import AdapterConfig, backbone_parameter_count, expected_trainable
 from protadapt.backbones import ARCHITECTURES, BackboneError, build_random, esmc, load_backbone, resolve_architecture
+from protadapt.cli import main
+from protadapt.data.tasks import get_task
 
 TINY = esmc.esmc_architecture("esmc_tiny", esmc.esmc_config_dict(3, 64, 4, 192))
 
@@ -103,3 +106,18 @@ def test_missing_named_weights_say_where_they_were_looked_for(tmp_path, monkeypa
         load_backbone("esmc_300m")
     message = str(error.value)
     assert "\n" not in message and "biohub/ESMC-300M" in message and str(tmp_path / "esmc_300m") in message
+
+
+def test_cli_fit_predict_reload_bidora_on_an_esmc_config_directory(tmp_path, capsys):
+    """The `esmc_300m --random-init` path at a tiny size: a config-only directory, random init."""
+    config_dir = tmp_path / "esmc_tiny"
+    transformers.EsmcConfig.from_dict(TINY.hf_config).save_pretrained(config_dir)
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--task", "bbb", "--backbone", str(config_dir), "--random-init", "--method", "bidora", "--quiet",
+                 "optim.max_epochs=1", "data.batch_size=16", "--out", str(run_dir)]) == 0, capsys.readouterr().err
+    saved = pd.read_csv(run_dir / "predictions.csv")
+    test = get_task("bbb").load().query("split == 'test'").reset_index(drop=True)
+    source = tmp_path / "test.fasta"
+    source.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in test.itertuples()))
+    assert main(["predict", str(run_dir), str(source), "--out", str(tmp_path / "out.csv")]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out.csv"), saved.drop(columns="label"))
