@@ -54,3 +54,13 @@ def test_methods_command_counts_every_family(name, lora, full, capsys):
     assert main(["methods", "--backbone", name]) == 0
     rows = dict(line.split()[:2] for line in capsys.readouterr().out.splitlines()[1:])
     assert rows["lora"] == f"{lora:,}" and rows["full"] == f"{full:,}" and set(rows) >= {"dora", "wegeft", "prompt"}
+
+
+def test_doctor_lists_where_esmc_and_bert_weights_are_found(tmp_path, monkeypatch):
+    from protadapt import doctor
+
+    (tmp_path / "esmc_600m").mkdir()
+    monkeypatch.setenv("PROTADAPT_MODEL_DIR", str(tmp_path))
+    row = dict(doctor.hf_weights())["ESM C / BERT weights"]
+    assert f"esmc_600m -> {tmp_path / 'esmc_600m'}" in row
+    assert f"antiberty -> {bert.antiberty_directory()}" in row and "esmc_300m" not in row
