@@ -1,6 +1,6 @@
 """What LoRA and DoRA cost on top of the bare ESM-2 8M backbone, on CPU.
 
-    .venv/bin/python benchmarks/adapter_overhead.py [--repeats 30] [--threads 1]
+    .venv/bin/python -m benchmarks.adapter_overhead [--repeats 30] [--threads 1]
 
 Model: the exact ESM-2 8M architecture, random init (`load_backbone(..., random_init=True)`);
 adapters r=8, α=16 on q/k/v/out of every layer, their parameters perturbed so merging does real
@@ -32,17 +32,16 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, markdown_table, mib, peak_memory, run_worker  # noqa: E402
+from benchmarks.common import RESULTS_DIR, cpu_model, markdown_table, mib, peak_memory, run_worker
 
-from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters  # noqa: E402
-from protadapt.backbones import Backbone, load_backbone  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters
+from protadapt.backbones import Backbone, load_backbone
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 
 BACKBONE = "esm2_t6_8M_UR50D"
 BATCH, MIN_RESIDUES, MAX_RESIDUES = 16, 40, 60
@@ -181,7 +180,7 @@ def training(base: Backbone, tokens: torch.Tensor, repeats: int, threads: int) -
     reference, lora = cpu["full fine-tuning (bare backbone)"], cpu["LoRA"]
     rows = []
     for variant in TRAINING_VARIANTS:
-        peak = run_worker(Path(__file__), [variant, str(threads)])["peak_bytes"]
+        peak = run_worker(__spec__.name, [variant, str(threads)])["peak_bytes"]
         config = TRAINING_VARIANTS[variant][0]
         trainable = sum(p.numel() for p in adapted(base, config).parameters() if p.requires_grad)
         rows.append([variant, f"{trainable:,}", f"{1e3 * cpu[variant]:.1f}", f"{cpu[variant] / reference:.3f}",
@@ -190,17 +189,6 @@ def training(base: Backbone, tokens: torch.Tensor, repeats: int, threads: int) -
 
 
 # ---------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -230,7 +218,7 @@ def main() -> None:
     merged = {row[0]: float(row[2]) for row in inference_rows}  # CPU-time ratios
     worst_merged = max(merged["LoRA merged"], merged["DoRA merged"])
     residues = int((tokens > 3).sum())
-    command = "`" + " ".join([".venv/bin/python benchmarks/adapter_overhead.py", *sys.argv[1:]]) + "`"
+    command = "`" + " ".join([".venv/bin/python -m benchmarks.adapter_overhead", *sys.argv[1:]]) + "`"
     report = f"""# Adapter overhead: LoRA and DoRA vs the bare ESM-2 8M backbone (CPU)
 
 Command: {command}

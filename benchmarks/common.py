@@ -24,14 +24,13 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from protadapt.inference import pick_device
 
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
 
-def pick_device(name: str | None) -> torch.device:
-    """`auto` (or None): CUDA when present, else CPU."""
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["REPO", "RESULTS_DIR", "cpu_model", "environment_line", "interleaved", "markdown_table", "mib", "peak_memory",
+           "pick_device", "run_worker", "synchronize", "time_call"]
 
 
 def synchronize(device: torch.device) -> None:
@@ -95,10 +94,10 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     return (_status_kib("VmHWM") - before) * 1024
 
 
-def run_worker(script: Path, args: list[str]) -> dict:
-    """Run `script --worker ARGS…` in a fresh interpreter; it prints one JSON line last."""
-    completed = subprocess.run([sys.executable, str(script), "--worker", *args], capture_output=True, text=True,
-                               check=False)
+def run_worker(module: str, args: list[str]) -> dict:
+    """Run `python -m MODULE --worker ARGS…` in a fresh interpreter; it prints one JSON line last."""
+    completed = subprocess.run([sys.executable, "-m", module, "--worker", *args], capture_output=True, text=True,
+                               check=False, cwd=REPO)
     if completed.returncode != 0:
         raise RuntimeError(f"worker {args} failed:\n{completed.stderr[-3000:]}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -114,6 +113,18 @@ def environment_line(device: torch.device) -> str:
         where = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, " \
                 f"{torch.get_num_threads()} torch thread(s))"
     return f"torch {torch.__version__}, {where}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the results' environment lines."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

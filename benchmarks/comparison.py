@@ -1,6 +1,6 @@
 """The committed comparison report: ESM-2 8M architecture, random init, CPU.
 
-    PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/comparison.py [--out DIR] [--report-only]
+    PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison [--out DIR] [--report-only]
 
 Runs the stages below in order into OUT (resumable: finished cells are reused), rewrites the
 report after every stage, and copies it to benchmarks/results/comparison_esm2_8M.{md,csv}. With
@@ -21,12 +21,12 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmarks.common import RESULTS_DIR as RESULTS
 from protadapt.analyze import analyse_runs
 from protadapt.compare import Grid, collect, plan, run_comparison
 from protadapt.config import load_config
 from protadapt.report import comparison_markdown
 
-RESULTS = Path(__file__).resolve().parent / "results"
 BACKBONE = ["backbone=esm2_t6_8M_UR50D", "random_init=true", "quiet=true"]
 THREADS = 1  # the machine has 2 cores shared with other work
 
@@ -100,7 +100,7 @@ def write_report(out: Path, stages: list[Stage], wall_time_s: float, args: argpa
     if args.report_only:
         notes.append("This report was collected with --report-only from the cells that had finished.")
     notes += args.note
-    command = "PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python benchmarks/comparison.py " + " ".join(sys.argv[1:])
+    command = "PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison " + " ".join(sys.argv[1:])
     report = comparison_markdown(table, reference="bidora", command=command.strip(),
                                  wall_time_s=None if args.report_only else wall_time_s, notes=notes)
     report += analysis_section(out)

@@ -1,7 +1,7 @@
 """DoRA's ‖V‖: low-rank expansion (protadapt's default) vs materialising W0 + s·B·A; ‖V‖ detached
 or not; unmerged eval vs merged eval (what `predict_scores` does).
 
-    .venv/bin/python benchmarks/dora_norm.py [--device cuda] [--quick]
+    .venv/bin/python -m benchmarks.dora_norm [--device cuda] [--quick]
 
 Three measurements: (1) the norm alone, forward + backward, for square layers of ESM-2 widths;
 (2) a whole 8M training step (forward, backward, AdamW) for each norm × detach choice, time and
@@ -14,18 +14,17 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, environment_line, interleaved, markdown_table, mib, peak_memory, pick_device, run_worker  # noqa: E402
+from benchmarks.common import RESULTS_DIR, environment_line, interleaved, markdown_table, mib, peak_memory, pick_device, run_worker
 
-from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters  # noqa: E402
-from protadapt.adapters.dora import NORM_DIM  # noqa: E402
-from protadapt.backbones import load_backbone  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters
+from protadapt.adapters.dora import NORM_DIM
+from protadapt.backbones import load_backbone
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 
 
 def materialised_norm(layer: DoRALinear) -> torch.Tensor:
@@ -95,7 +94,7 @@ def main() -> None:
     torch.set_num_threads(options.threads)
     batch, length = (8, 64) if options.quick else (16, 128)
     widths = [320, 480, 1280] if options.quick else [320, 480, 1280, 2560, 5120]
-    command = " ".join(["python benchmarks/dora_norm.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.dora_norm", *sys.argv[1:]])
     out = ["# DoRA's ‖V‖: how it is computed, whether it is detached, and eval", "",
            f"Command: `{command}` (medians of interleaved runs after a warm-up); {environment_line(device)};",
            "random-init ESM-2 8M for parts 2–3.", "",
@@ -117,7 +116,7 @@ def main() -> None:
     gc.collect()
     rows = []
     for variant in VARIANTS:
-        peak = run_worker(Path(__file__), [variant, str(batch), str(length), device.type])["peak"]
+        peak = run_worker(__spec__.name, [variant, str(batch), str(length), device.type])["peak"]
         rows.append([variant, f"{times[variant] * 1e3:.0f}", f"{times[variant] / times['low-rank/exact']:.2f}", mib(peak)])
     out.append(markdown_table(["‖V‖ / gradient", "step ms", "vs default", "peak MiB"], rows))
     print("\n".join(out[-3:]), flush=True)

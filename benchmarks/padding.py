@@ -1,6 +1,6 @@
 """Padding and throughput of length-bucketed vs naive (random-order) batching.
 
-    python benchmarks/padding.py [--batch-size 16] [--subset 256] [--repeats 2] [--arch tiny|8M] [--data-dir DIR]
+    python -m benchmarks.padding [--batch-size 16] [--subset 256] [--repeats 2] [--arch tiny|8M] [--data-dir DIR]
 
 Data: the thermostability training set (1768 proteins, 250-550 residues). Padding fraction is
 measured over the whole set (five seeds); throughput is residues per second of tokenisation
@@ -16,7 +16,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,13 +26,11 @@ import torch
 from esm.model.esm2 import ESM2
 from torch.utils.data import DataLoader
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import REPO, RESULTS_DIR
+from protadapt.data.datamodule import ProteinDataset, make_loader
+from protadapt.data.tasks import DATA_DIR_ENV, get_task
 
-from protadapt.data.datamodule import ProteinDataset, make_loader  # noqa: E402
-from protadapt.data.tasks import DATA_DIR_ENV, get_task  # noqa: E402
-
-RESULTS = REPO / "benchmarks" / "results" / "padding.md"
+RESULTS = RESULTS_DIR / "padding.md"
 SEEDS = range(5)
 ARCHITECTURES = {"tiny": (2, 32, 4), "8M": (6, 320, 20)}  # num_layers, embed_dim, attention_heads
 
@@ -122,7 +119,7 @@ def format_report(args, n_train, n_subset, padding, tokenise, forward, load_befo
     lines = [
         "# Length-bucketed vs naive batching",
         "",
-        f"Command: `python benchmarks/padding.py --batch-size {args.batch_size} --subset {args.subset} "
+        f"Command: `python -m benchmarks.padding --batch-size {args.batch_size} --subset {args.subset} "
         f"--repeats {args.repeats} --arch {args.arch}`",
         f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"Machine: {cpu}, {os.cpu_count()} CPU cores visible, torch {torch.__version__} with {torch.get_num_threads()} threads, "

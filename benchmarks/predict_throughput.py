@@ -1,7 +1,7 @@
 """Sequences per second of `predict_scores` (LoRA / DoRA predictors, 8M) against a bare fair-esm
 forward over the same sequences in the same batches, and against naive padded batching.
 
-    .venv/bin/python benchmarks/predict_throughput.py [--device cuda] [--n 512] [--precision fp16]
+    .venv/bin/python -m benchmarks.predict_throughput [--device cuda] [--n 512] [--precision fp16]
 
 Sequences: the BBB peptides plus a seeded subsample of the MIC peptides (real sequences, labels
 unused), or `--task thermostability` for longer proteins. `bare, bucketed` runs
@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, environment_line, interleaved, markdown_table, pick_device  # noqa: E402
+from benchmarks.common import RESULTS_DIR, environment_line, interleaved, markdown_table, pick_device
 
-from protadapt.adapters import AdapterConfig, linear_adapters  # noqa: E402
-from protadapt.backbones import load_backbone  # noqa: E402
-from protadapt.data.datamodule import ProteinDataset, make_loader  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
-from protadapt.data.tasks import get_task  # noqa: E402
-from protadapt.inference import predict_scores  # noqa: E402
+from protadapt.adapters import AdapterConfig, linear_adapters
+from protadapt.backbones import load_backbone
+from protadapt.data.datamodule import ProteinDataset, make_loader
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
+from protadapt.data.tasks import get_task
+from protadapt.inference import predict_scores
 
 ARCH = "esm2_t6_8M_UR50D"
 
@@ -106,7 +105,7 @@ def main() -> None:
            for name, b in (("bucketed", bucketed), ("naive", naive))}
     lengths = frame["sequence"].str.len()
     rows = [[name, f"{len(frame) / t:.1f}", f"**{reference / t:.2f}**"] for name, t in times.items()]
-    command = " ".join(["python benchmarks/predict_throughput.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.predict_throughput", *sys.argv[1:]])
     text = f"""# Prediction throughput: `predict_scores` vs a bare fair-esm forward
 
 Command: `{command}` (median of {options.repeats} interleaved rounds after a warm-up).

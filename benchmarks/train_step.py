@@ -1,11 +1,11 @@
 """Training-step cost of each method through the real Lightning modules, and one whole default fit.
 
-    .venv/bin/python benchmarks/train_step.py [--repeats 6] [--threads 1] [--skip-fit]
-    .venv/bin/python benchmarks/train_step.py --device cuda --backbone esm2_t33_650M_UR50D
+    .venv/bin/python -m benchmarks.train_step [--repeats 6] [--threads 1] [--skip-fit]
+    .venv/bin/python -m benchmarks.train_step --device cuda --backbone esm2_t33_650M_UR50D
 
 Model: the exact ESM-2 8M architecture, random init; adapters r=8, α=16 on q/k/v/out. Batch: the
 16 longest bbb training peptides (fixed, padded once). Every method runs its own module's step inside a `lightning.Trainer`:
-`AdapterModule` (forward + loss + backward + AdamW, automatic optimisation) for LoRA, DoRA and
+`PredictorModule` (forward + loss + backward + AdamW, automatic optimisation) for LoRA, DoRA and
 full fine-tuning; `BiDoRAModule.training_step` (lower step, hypergradient, upper step) for BiDoRA
 first-order and DARTS, with the same batch as inner_train and inner_val. A callback times each
 step (wall, and process CPU time or synchronised GPU time); methods run in rounds (A, B, C, …, A, B, C, …) so outside
@@ -34,20 +34,19 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapter_overhead import cpu_model  # noqa: E402
-from common import RESULTS_DIR, markdown_table, mib, peak_memory, pick_device, run_worker  # noqa: E402
+from benchmarks.common import RESULTS_DIR, cpu_model, markdown_table, mib, peak_memory, pick_device, run_worker
 
-import lightning as L  # noqa: E402
+import lightning as L
 
-from protadapt.adapters import AdapterConfig  # noqa: E402
-from protadapt.backbones import load_backbone  # noqa: E402
-from protadapt.config import BilevelConfig, OptimConfig  # noqa: E402
-from protadapt.data.datamodule import make_loader  # noqa: E402
-from protadapt.data.tasks import get_task  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
-from protadapt.training.bilevel import BiDoRAModule  # noqa: E402
-from protadapt.training.module import AdapterModule  # noqa: E402
+from protadapt.adapters import AdapterConfig
+from protadapt.backbones import load_backbone
+from protadapt.config import BilevelConfig, OptimConfig
+from protadapt.data.datamodule import make_loader
+from protadapt.data.tasks import get_task
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
+from protadapt.training.bilevel import BiDoRAModule
+from protadapt.training.module import PredictorModule
 
 BACKBONE = "esm2_t6_8M_UR50D"
 BATCH = 16
@@ -106,7 +105,7 @@ def main() -> None:
     wall, cpu = step_times(batch, args.repeats, args.steps)
     rows = []
     for name in METHODS:
-        peak = run_worker(Path(__file__), [name, str(args.threads), str(DEVICE), BACKBONE])["peak_bytes"]
+        peak = run_worker(__spec__.name, [name, str(args.threads), str(DEVICE), BACKBONE])["peak_bytes"]
         ratio = cpu[name] / cpu[REFERENCE]
         target = TARGETS.get(name)
         verdict = "" if target is None else f"≤ {target}× : {'met' if ratio <= target else 'NOT met'}"
@@ -150,7 +149,7 @@ def build_module(name: str) -> L.LightningModule:
     optim = OptimConfig(lr=1e-5 if method == "full" else 1e-3)
     if method == "bidora":
         return BiDoRAModule(predictor, optim, BilevelConfig(hypergradient=hypergradient, unroll_steps=unroll_steps))
-    return AdapterModule(predictor, optim)
+    return PredictorModule(predictor, optim)
 
 
 class StepClock(L.Callback):
@@ -277,7 +276,7 @@ def write_report(args, batch: dict, rows: list, scaling: tuple[float, float], fi
                  load_before: float,
                  load_after: float) -> None:
     residues = (batch["tokens"] != 1).sum(1) - 2
-    command = " ".join(["python benchmarks/train_step.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.train_step", *sys.argv[1:]])
     where = "CPU" if DEVICE.type == "cpu" else torch.cuda.get_device_name(DEVICE)
     work = "process CPU time" if DEVICE.type == "cpu" else "wall time with the GPU synchronised around each step"
     fit_line = "not run (--skip-fit)" if fit_seconds is None else \
@@ -295,7 +294,7 @@ interleaved rounds and ratios use {work} (on the CPU much less sensitive to outs
 
 Batch: the 16 longest bbb training peptides ({int(residues.min())}–{int(residues.max())} residues, padded to
 {batch['tokens'].shape[1]} tokens), 2-class head, mean pooling. Adapters r={RANK}, α={ALPHA:g} on q/k/v/out of every layer.
-Each step is the module's real step inside a `lightning.Trainer`: `AdapterModule` (forward, cross-entropy,
+Each step is the module's real step inside a `lightning.Trainer`: `PredictorModule` (forward, cross-entropy,
 backward, gradient clipping, AdamW, LR schedule) or `BiDoRAModule.training_step` (lower step on
 directions + head, hypergradient, upper step on magnitudes every `unroll_steps` steps, 1 unless the row
 says otherwise; the same batch as inner_train and inner_val). Full fine-tuning trains every backbone weight.

@@ -1,8 +1,8 @@
 """protadapt vs Hugging Face PEFT on the same weights: LoRA and DoRA, rank 8, q/k/v/out.
 
-    .venv/bin/python benchmarks/vs_peft.py                    # writes benchmarks/results/vs_peft.md
-    .venv/bin/python benchmarks/vs_peft.py --quick            # 8M, two small shapes, fewer repeats
-    .venv/bin/python benchmarks/vs_peft.py --device cuda      # on a GPU (memory from torch.cuda)
+    .venv/bin/python -m benchmarks.vs_peft                    # writes benchmarks/results/vs_peft.md
+    .venv/bin/python -m benchmarks.vs_peft --quick            # 8M, two small shapes, fewer repeats
+    .venv/bin/python -m benchmarks.vs_peft --device cuda      # on a GPU (memory from torch.cuda)
 
 Ours: fair-esm ESM2 in `ProteinPredictor` (mean pooling + linear head). Theirs: transformers'
 `EsmForSequenceClassification` built from the HF config in shared/models, weights copied from ours
@@ -21,6 +21,7 @@ these rows compare the adapters and the training loop around them.
 from __future__ import annotations
 
 import argparse
+import json
 import gc
 import math
 import os
@@ -31,13 +32,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS_DIR, environment_line, interleaved, markdown_table, mib,  # noqa: E402
+from benchmarks.common import (RESULTS_DIR, environment_line, interleaved, markdown_table, mib,
                     peak_memory, pick_device, run_worker)
 
-from protadapt.adapters import AdapterConfig, linear_adapters  # noqa: E402
-from protadapt.backbones import ARCHITECTURES, HF_DERIVED, build_random, esmc, hf_to_fair_esm_key, load_backbone  # noqa: E402
-from protadapt.heads import HeadConfig, ProteinPredictor  # noqa: E402
+from protadapt.adapters import AdapterConfig, linear_adapters
+from protadapt.backbones import ARCHITECTURES, HF_DERIVED, build_random, esmc, hf_to_fair_esm_key, load_backbone
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 
 # the real HF configs of the ESM-2 checkpoints (config.json only), as shipped beside the repository
 HF_CONFIGS = Path(os.environ.get("PROTADAPT_MODEL_DIR", Path(__file__).resolve().parents[2] / "shared" / "models"))
@@ -234,8 +235,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--check-only", action="store_true", help="only the same-function check: one JSON line per arch")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/vs_peft[_DEVICE].md")
     options = parser.parse_args()
+    if options.check_only:
+        for arch in options.archs:
+            found = hf_config_dir(arch).exists()
+            diff = check_same_function(arch, pick_device(options.device)) if found else None
+            print(json.dumps({"arch": arch, "max_diff": diff, "hf_config": found}))
+        return
     if options.quick:
         options.archs, options.shapes, options.repeats = ["8M"], ["8x64", "16x128"], 3
     device = pick_device(options.device)
@@ -258,7 +266,7 @@ def main() -> None:
                 memory = {"ours": float("nan"), "peft": float("nan")}
                 if not options.no_memory:
                     for side in ("ours", "peft"):
-                        memory[side] = run_worker(Path(__file__), [arch, side, method, str(batch), str(length),
+                        memory[side] = run_worker(__spec__.name, [arch, side, method, str(batch), str(length),
                                                                    device.type])["peak"]
                 row = [arch, method, shape,
                        f"{train_time['ours'] * 1e3:.0f} / {train_time['peft'] * 1e3:.0f}",
@@ -274,7 +282,7 @@ def main() -> None:
 
     header = ["arch", "method", "batch×tokens", "train step ms (ours / PEFT)", "ratio", "train peak MiB (ours / PEFT)",
               "ratio", "eval fwd ms (ours / PEFT)", "ratio"]
-    command = " ".join(["python benchmarks/vs_peft.py", *sys.argv[1:]])
+    command = " ".join(["python -m benchmarks.vs_peft", *sys.argv[1:]])
     ratios = {column: [float(row[index].strip("*")) for row in rows] for column, index in
               (("time", 4), ("memory", 6), ("eval", 8))}
     summary = "; ".join(f"{column} {min(values):.2f}–{max(values):.2f}" for column, values in ratios.items()

@@ -17,9 +17,10 @@ import pandas as pd
 import torch
 
 from protadapt.adapters import find_targets, linear_adapters
-from protadapt.data.io import write_csv_atomic
+from protadapt.adapters.registry import METHODS
+from protadapt.files import write_csv_atomic
 from protadapt.evaluation.analysis import LayerPairs, analyse_layers, correlation, scatter_plot
-from protadapt.heads import ProteinPredictor, _backbone_from_metadata
+from protadapt.model import ProteinPredictor, backbone_from_metadata
 
 FINAL = "final"  # checkpoint name of the run's saved adapter.safetensors
 
@@ -57,7 +58,7 @@ def analyse_run(run_dir: str | Path) -> pd.DataFrame:
     run_dir = Path(run_dir)
     predictor, metadata = ProteinPredictor.load(run_dir)
     method = predictor.adapter_config.method
-    pretrained = pretrained_weights(predictor, metadata) if method == "full" else None
+    pretrained = pretrained_weights(predictor, metadata) if predictor.method.trains_backbone else None
     frames = [analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=FINAL)]
     for checkpoint in sorted(run_dir.glob("checkpoints/*/*.ckpt")):
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
@@ -66,8 +67,8 @@ def analyse_run(run_dir: str | Path) -> pd.DataFrame:
         frames.append(analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=name))
     layers = pd.concat(frames, ignore_index=True)
     if layers.empty:
-        raise ValueError(f"{run_dir}: method '{method}' adapts no linear layer; ΔM/ΔD needs lora, dora, bidora, "
-                         "wegeft or full")
+        usable = [m.name for m in METHODS.values() if m.layer is not None or m.trains_backbone]
+        raise ValueError(f"{run_dir}: method '{method}' adapts no linear layer; ΔM/ΔD needs {', '.join(usable)}")
     return layers.assign(run=str(run_dir), method=method, task=metadata.get("task"), seed=metadata.get("seed"))[
         ["run", "task", "method", "seed", "checkpoint", "layer", "delta_m", "delta_d"]]
 
@@ -84,8 +85,8 @@ def layer_pairs(predictor: ProteinPredictor, pretrained: dict[str, torch.Tensor]
 
 def pretrained_weights(predictor: ProteinPredictor, metadata: dict) -> dict[str, torch.Tensor]:
     """W0 of the layers adapters would target, from a freshly loaded copy of the run's backbone."""
-    fresh = _backbone_from_metadata(metadata["backbone"]).model
-    names = find_targets(fresh, predictor.adapter_config.target_patterns())
+    fresh = backbone_from_metadata(metadata["backbone"]).model
+    names = find_targets(fresh, predictor.adapter_config.target_patterns(predictor.backbone.architecture))
     return {name: fresh.get_submodule(name).weight.detach().clone() for name in names}
 
 

@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cv = commands.add_parser("cv", help="k-fold cross-validation on the task's training split")
     _add_run_options(cv)
-    cv.add_argument("--folds", type=int, default=5)
-    cv.add_argument("--repeats", type=int, default=1)
+    cv.add_argument("--folds", type=int, help="number of folds (default 5)")
+    cv.add_argument("--repeats", type=int, help="repeats of the whole k-fold cut, each with new seeds (default 1)")
     cv.add_argument("--out", help="output directory (default: runs/cv-TASK-METHOD-seedN)")
     cv.set_defaults(handler=_cv)
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("input", help="FASTA, CSV or TSV of sequences")
     predict.add_argument("-o", "--output", help="CSV to write (default: INPUT_STEM.predictions.csv here)")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     predict.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
     _add_inference_options(predict)
     predict.add_argument("--quiet", action="store_true")
@@ -67,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("input", help="labelled FASTA, CSV or TSV")
     evaluate.add_argument("-o", "--output", help="also write the metrics as JSON here")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     _add_inference_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     methods = commands.add_parser("methods", help="every method and its trainable-parameter count")
-    methods.add_argument("--backbone", default="esm2_t6_8M_UR50D")
-    methods.add_argument("--rank", type=int, default=8)
+    methods.add_argument("--backbone", help="architecture to count for (default: the run default, esm2_t6_8M_UR50D)")
+    methods.add_argument("--rank", type=int, help="r (default: adapter.rank's default, 8)")
     methods.add_argument("--include-ffn", action="store_true")
     methods.set_defaults(handler=_methods)
 
@@ -87,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser("doctor", help="versions, devices, where weights and data are looked for")
     doctor.set_defaults(handler=_doctor)
 
+    _add_compare(commands)
+    analyze = commands.add_parser("analyze", help="ΔM–ΔD weight-decomposition analysis of trained runs")
+    analyze.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
+    analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
+    analyze.set_defaults(handler=_analyze)
+    _add_serve(commands)
+    return parser
+
+
+def _add_compare(commands) -> None:
     compare = commands.add_parser("compare", help="methods × tasks × seeds with baselines and paired statistics")
     compare.add_argument("--tasks", default="bbb,thermostability,mic", help="comma-separated tasks")
     compare.add_argument("--methods", default="full,lora,dora,bidora", help="comma-separated methods")
@@ -102,12 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every cell")
     compare.set_defaults(handler=_compare)
 
-    analyze = commands.add_parser("analyze", help="ΔM–ΔD weight-decomposition analysis of trained runs")
-    analyze.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
-    analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
-    analyze.set_defaults(handler=_analyze)
 
-    return parser
+def _add_serve(commands) -> None:
+    serve = commands.add_parser("serve", help="a REST API and web page for a trained run (pip install 'protadapt[serve]')")
+    serve.add_argument("run_dir")
+    serve.add_argument("--host", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, help="default: 8000")
+    serve.add_argument("--max-sequences", type=int, help="sequences per request (more: HTTP 413)")
+    serve.add_argument("--max-bytes", type=int, help="request body size (more: HTTP 413)")
+    _add_inference_options(serve)
+    serve.set_defaults(handler=_serve)
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
@@ -159,10 +173,11 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from protadapt.training.run import cross_validate
+    from protadapt.training.cv import Folds, cross_validate
 
     config = run_config(args)
-    table = cross_validate(config, args.folds, args.repeats, args.out)
+    folds = Folds(**{k: v for k, v in {"folds": args.folds, "repeats": args.repeats}.items() if v is not None})
+    table = cross_validate(config, folds, args.out)
     if not table.empty:  # empty on DDP ranks other than 0
         print(table.to_string(index=False))
     return 0
@@ -203,51 +218,69 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from protadapt.data.io import read_sequences, write_csv_atomic
-    from protadapt.heads import ProteinPredictor
+    from protadapt.data.for_run import read_for_run
+    from protadapt.files import write_csv_atomic
     from protadapt.inference import pick_device, predict_scores, prediction_frame
+    from protadapt.model import ProteinPredictor
 
     device = pick_device(args.device)
     predictor, metadata = ProteinPredictor.load(args.run_dir)
-    frame = read_sequences(args.input, require_labels=False, truncate=args.truncate,
-                           max_length=predictor.backbone.max_residues)
+    frame = read_for_run(args.input, args.run_dir, metadata, require_labels=False, truncate=args.truncate,
+                         max_length=predictor.backbone.max_residues)
     predictor.to(device)
-    scores = predict_scores(predictor, frame, args.batch_size, progress=not args.quiet, precision=args.precision)
+    scores = predict_scores(predictor, frame, **_batch_size(args), progress=not args.quiet, precision=args.precision)
     output = Path(args.output or f"{Path(args.input).stem}.predictions.csv")
-    write_csv_atomic(prediction_frame(frame, scores, metadata["problem_type"], metadata["labels"]), output)
+    write_csv_atomic(prediction_frame(predictor, frame, scores), output)
     print(f"wrote {len(frame)} predictions to {output}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from protadapt.data.io import read_sequences
-    from protadapt.heads import ProteinPredictor
+    from protadapt.data.for_run import read_for_run, undefined_as_null
     from protadapt.inference import evaluate_frame, pick_device
+    from protadapt.model import ProteinPredictor
 
     device = pick_device(args.device)
     predictor, metadata = ProteinPredictor.load(args.run_dir)
-    frame = read_sequences(args.input, require_labels=True, problem_type=metadata["problem_type"], min_class_count=1,
-                           max_length=predictor.backbone.max_residues)
+    frame = read_for_run(args.input, args.run_dir, metadata, require_labels=True, min_class_count=1,
+                         max_length=predictor.backbone.max_residues)
     predictor.to(device)
-    metrics = evaluate_frame(predictor, frame, metadata["problem_type"], args.batch_size, precision=args.precision)
-    text = json.dumps(metrics, indent=2)
+    metrics = evaluate_frame(predictor, frame, **_batch_size(args), precision=args.precision)
+    text = json.dumps(undefined_as_null(metrics, frame), indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
     print(text)
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from protadapt.serve import ServeSettings, serve
+
+    options = {"host": args.host, "port": args.port, "max_sequences": args.max_sequences,
+               "max_bytes": args.max_bytes, "device": args.device, "precision": args.precision}
+    serve(args.run_dir, ServeSettings(**{key: value for key, value in options.items() if value is not None}))
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from protadapt.adapters import AdapterConfig, expected_trainable, method_names
     from protadapt.backbones import resolve_architecture
+    from protadapt.config import RunConfig
 
-    architecture = resolve_architecture(args.backbone)
-    print(f"{'method':<8} {'trainable backbone params':>26}   ({architecture.name}, rank {args.rank}"
+    backbone = args.backbone or RunConfig.backbone
+    rank = AdapterConfig.rank if args.rank is None else args.rank
+    architecture = resolve_architecture(backbone)
+    print(f"{'method':<8} {'trainable backbone params':>26}   ({architecture.name}, rank {rank}"
           f"{', attention + FFN' if args.include_ffn else ', attention q/k/v/out'}; the head adds its own)")
     for name in method_names():
-        config = AdapterConfig(method=name, rank=args.rank, include_ffn=args.include_ffn)
+        config = AdapterConfig(method=name, rank=rank, include_ffn=args.include_ffn)
         print(f"{name:<8} {expected_trainable(architecture, config):>26,}")
     return 0
+
+
+def _batch_size(args: argparse.Namespace) -> dict:
+    """`--batch-size` when given; otherwise the inference functions' own default."""
+    return {} if args.batch_size is None else {"batch_size": args.batch_size}
 
 
 def _data_list(args: argparse.Namespace) -> int:

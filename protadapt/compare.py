@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from protadapt.adapters import method_names
 from protadapt.config import RunConfig
-from protadapt.data.io import write_csv_atomic
 from protadapt.data.splits import kfold_splits
+from protadapt.data.tasks import resolve_task
 from protadapt.evaluation.baselines import BASELINES, run_baseline
 from protadapt.evaluation.metrics import compute_metrics
-from protadapt.training.run import fit, resolve_task
+from protadapt.files import write_csv_atomic, write_json_atomic
+from protadapt.training.run import fit
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,16 @@ def run_comparison(base: RunConfig, grid: Grid, out: str | Path) -> pd.DataFrame
     from tqdm.auto import tqdm
 
     out = Path(out)
+    unknown = [m for m in grid.methods if m not in method_names() and m not in grid.baselines]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(method_names())} "
+                         f"(baselines {', '.join(grid.baselines)} are added to every comparison)")
     cells = list(plan(base, grid, out))
     for cell in tqdm(cells, desc="compare cells", unit="cell", disable=base.quiet):
-        if cell.method in grid.baselines:
-            run_baseline_cell(cell)
-        else:
+        if cell.trains_a_model:
             run_cell(cell)
+        else:
+            run_baseline_cell(cell)
     return collect(base, grid, out)
 
 
@@ -78,6 +84,11 @@ class Cell:
     @property
     def method(self) -> str:
         return self.config.adapter.method
+
+    @property
+    def trains_a_model(self) -> bool:
+        """A registered method (trained with `fit`), not one of the baselines."""
+        return self.method in method_names()
 
 
 def plan(base: RunConfig, grid: Grid, out: Path):
@@ -148,9 +159,8 @@ def run_baseline_cell(cell: Cell) -> None:
     num_classes = int(train["label"].max()) + 1 if problem_type == "classification" else None
     scores = run_baseline(cell.method, train["sequence"].tolist(), train["label"].to_numpy(),
                           test["sequence"].tolist(), problem_type, num_classes, cell.config.seed)
-    cell.path.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(problem_type, test["label"].to_numpy(), scores)
-    (cell.path / "metrics.json").write_text(json.dumps({"test": metrics}, indent=2) + "\n")
+    write_json_atomic({"test": metrics}, cell.path / "metrics.json")
     _add_to_json(cell.path / "run.json", {"wall_time_s": round(time.perf_counter() - started, 3),
                                           "trainable_params": baseline_params(cell.method, problem_type, num_classes)})
 
@@ -167,7 +177,7 @@ def cell_row(cell: Cell) -> dict:
     """One CSV row: the cell's keys and settings, every test metric, and its cost."""
     metrics = json.loads((cell.path / "metrics.json").read_text()).get("test", {})
     run = json.loads((cell.path / "run.json").read_text()) if (cell.path / "run.json").exists() else {}
-    baseline = cell.method in BASELINES
+    baseline = not cell.trains_a_model
     return {"task": cell.config.data.task, "method": cell.method, "seed": cell.config.seed, "fold": cell.fold,
             "n_train": len(cell.train), "n_test": len(cell.test), "train_split_rows": cell.train_split_rows,
             "max_epochs": None if baseline else cell.config.optim.max_epochs,
@@ -222,4 +232,4 @@ def peak_rss_mb() -> float:
 
 def _add_to_json(path: Path, values: dict) -> None:
     current = json.loads(path.read_text()) if path.exists() else {}
-    path.write_text(json.dumps({**current, **values}, indent=2, sort_keys=True) + "\n")
+    write_json_atomic({**current, **values}, path)

@@ -13,8 +13,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from protadapt.adapters import AdapterConfig
-from protadapt.heads import HeadConfig
+from protadapt.adapters import AdapterConfig, method_names
+from protadapt.heads import POOLINGS, HeadConfig
 
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -36,6 +36,12 @@ class DataConfig:
     val_fraction: float = 0.2  # inner validation split carved from train (BiDoRA's upper level)
     identity_threshold: float | None = None  # group near-duplicates so they never straddle splits
     truncate: bool = False  # truncate sequences longer than the backbone allows (else an error)
+    sequence_column: str = "sequence"  # custom task: table column names
+    label_column: str = "label"  # also the FASTA header key (>id label=1) and the labels_file column
+    id_column: str = "id"  # absent: ids are FILESTEM_ROW
+    labels_file: str | None = None  # custom task: CSV/TSV of id,label for an unlabelled train_file (FASTA)
+    conflicts: str = "error"  # identical sequences with different labels: error | drop (every copy)
+    duplicate_ids: str = "error"  # repeated ids: error | suffix (id_2, id_3, ...)
     batch_size: int = 16
     num_workers: int = 0
 
@@ -130,8 +136,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def check_choices(config: RunConfig) -> None:
-    """Reject unknown choices before anything runs or is written (adapter names are checked on use)."""
-    choices = {"optim.schedule": ([config.optim.schedule], SCHEDULES),
+    """Reject unknown choices before anything runs or is written: the one place they are checked."""
+    choices = {"adapter.method": ([config.adapter.method], tuple(method_names())),
+               "head.pooling": ([config.head.pooling], POOLINGS),
+               "optim.schedule": ([config.optim.schedule], SCHEDULES),
                "bilevel.hypergradient": ([config.bilevel.hypergradient], HYPERGRADIENTS),
                "trainer.logger": (config.trainer.logger.split(","), LOGGERS)}
     for key, (values, allowed) in choices.items():

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from protadapt.adapters import linear_adapters, merge_adapters, unmerge_adapters
+from protadapt.adapters import merge_adapters, unmerge_adapters
 from protadapt.data.datamodule import make_loader
 from protadapt.evaluation.metrics import compute_metrics
-from protadapt.heads import ProteinPredictor
-from protadapt.training.module import scores as output_scores
+from protadapt.model import ProteinPredictor
 
 
 AUTOCAST_DTYPES = {"32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,25 +34,22 @@ def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
     """
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(AUTOCAST_DTYPES)}")
-    problem_type = predictor.head_config.problem_type
     loader = make_loader(frame.reset_index(drop=True), predictor.backbone.alphabet, batch_size=batch_size,
-                         shuffle=False, seed=0, problem_type=problem_type)
+                         shuffle=False, seed=0, problem_type=predictor.problem_type)
     device = next(predictor.parameters()).device
     autocast_dtype = AUTOCAST_DTYPES[precision]
     was_training = predictor.training
     predictor.eval()
-    frozen = exact_base_weights(predictor)
-    merge_adapters(predictor)
+    merge_adapters(predictor)  # exact: unmerging puts the very same W0 tensors back
     results: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype,
                                                     enabled=autocast_dtype is not None):
             for batch in _progress(loader, progress):
-                output = output_scores(problem_type, predictor(batch["tokens"].to(device)).float())
+                output = predictor.scores(predictor(batch["tokens"].to(device)).float())
                 results.append((batch["index"], output.cpu()))
     finally:
         unmerge_adapters(predictor)
-        restore_base_weights(frozen)
         predictor.train(was_training)
     index = torch.cat([r[0] for r in results]).numpy()
     values = torch.cat([r[1] for r in results]).numpy()
@@ -62,42 +58,27 @@ def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
     return ordered
 
 
-def evaluate_frame(predictor: ProteinPredictor, frame: pd.DataFrame, problem_type: str, batch_size: int = 32,
+def evaluate_frame(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: int = 32,
                    scores: np.ndarray | None = None, precision: str = "32") -> dict[str, float]:
+    """The predictor's metrics on a labelled frame (`scores`: its predictions, when already made)."""
     scores = predict_scores(predictor, frame, batch_size, precision=precision) if scores is None else scores
-    metrics = compute_metrics(problem_type, frame["label"].to_numpy(), scores)
+    metrics = compute_metrics(predictor.problem_type, frame["label"].to_numpy(), scores)
     return {k: float(v) for k, v in metrics.items()} | {"n": int(len(frame))}
 
 
-def prediction_frame(frame: pd.DataFrame, scores: np.ndarray, problem_type: str, labels: list) -> pd.DataFrame:
+def prediction_frame(predictor: ProteinPredictor, frame: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
     """One row per record: id, prediction, class probabilities (or the value), and the label if known."""
     out = pd.DataFrame({"id": frame["id"].to_numpy()})
-    if problem_type == "classification":
+    if predictor.problem_type == "classification":
+        labels = predictor.labels
         out["prediction"] = [labels[i] for i in scores.argmax(1)]
         for column, label in enumerate(labels):
             out[f"prob_{label}"] = scores[:, column].round(6)
     else:
         out["prediction"] = scores.round(6)
     if "label" in frame and frame["label"].notna().all():
-        out["label"] = frame["label"].to_numpy()
+        out["label"] = [labels[i] for i in frame["label"]] if labels else frame["label"].to_numpy()
     return out
-
-
-def exact_base_weights(predictor: ProteinPredictor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Copies (on CPU) of the frozen weights that merging rewrites in place.
-
-    Unmerging is exact only up to float rounding, so without this every predict call would drift
-    W0 a little: a later prediction in the same process (fit's test set after its validation set)
-    would then differ from `protadapt predict` on the saved run.
-    """
-    return [(layer.base_layer.weight, layer.base_layer.weight.detach().to("cpu", copy=True))
-            for layer in linear_adapters(predictor).values()]
-
-
-@torch.no_grad()
-def restore_base_weights(frozen: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for weight, copy in frozen:
-        weight.copy_(copy)
 
 
 def _progress(loader, enabled: bool):

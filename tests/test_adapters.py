@@ -27,7 +27,8 @@ from protadapt.adapters import (
 )
 from protadapt.adapters.base import LinearAdapter
 from protadapt.backbones import ARCHITECTURES, Architecture, Backbone, build_random
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 
 LINEAR_METHODS = ["lora", "dora", "bidora"]
 DORA_METHODS = ("dora", "bidora")

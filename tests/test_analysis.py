@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from protadapt.evaluation.analysis import (
-    analyse_checkpoints,
     analyse_layers,
     correlation,
     decompose,
@@ -96,16 +95,6 @@ def test_analyse_layers_and_correlation():
     assert correlation(linear) == pytest.approx(1.0)
     assert correlation(pd.DataFrame({"delta_m": [1.0, -1.0, 3.0], "delta_d": [0.0, 1.0, 2.0]})) == pytest.approx(0.5)
     assert math.isnan(correlation(linear.iloc[:2]))
-
-
-def test_analyse_checkpoints_stacks_with_a_checkpoint_column():
-    w0 = torch.eye(3)
-    checkpoints = [{"a": (w0, 2 * w0), "b": (w0, w0)}, {"a": (w0, 3 * w0), "b": (w0, w0)}]
-    df = analyse_checkpoints(checkpoints, names=["step100", "step200"])
-    assert list(df.columns) == ["checkpoint", "layer", "delta_m", "delta_d"]
-    assert list(df["checkpoint"]) == ["step100", "step100", "step200", "step200"]
-    np.testing.assert_allclose(df["delta_m"], [1.0, 0.0, 2.0, 0.0])
-    assert list(analyse_checkpoints(checkpoints)["checkpoint"]) == [0, 0, 1, 1]
 
 
 def test_scatter_plot_writes_a_png(tmp_path):

@@ -8,7 +8,8 @@ from protadapt.adapters import AdapterConfig, linear_adapters
 from protadapt.analyze import FINAL, analyse_run, analyse_runs
 from protadapt.backbones import load_backbone
 from protadapt.cli import main
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 
 
 def saved_predictor(method: str, directory, update) -> ProteinPredictor:

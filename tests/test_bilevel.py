@@ -10,7 +10,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from protadapt.adapters import AdapterConfig, DoRALinear
 from protadapt.backbones import load_backbone
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 from protadapt.training.bilevel import darts_hypergradient, first_order_hypergradient, reset_for_retraining
 
 XI = 0.05

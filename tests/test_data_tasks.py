@@ -3,13 +3,14 @@
 import logging
 import os
 import urllib.error
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from protadapt.data import tasks
+from protadapt.data import download, tasks
 from protadapt.data.io import DataError
 from protadapt.data.tasks import (
     TASKS,
@@ -37,7 +38,7 @@ def no_network(monkeypatch):
     def refuse(url, task, path):
         raise AssertionError(f"test tried to download {url}")
 
-    monkeypatch.setattr(tasks, "fetch_url", refuse)
+    monkeypatch.setattr(download, "fetch_url", refuse)
 
 
 def split_counts(frame: pd.DataFrame) -> dict:
@@ -97,7 +98,7 @@ def test_raw_file_hashes_match_the_shared_copies(data_dir):
     for task in TASKS.values():
         sums = dict(line.split()[::-1] for line in (data_dir / task.name / "SHA256SUMS").read_text().splitlines())
         for raw in task.raw_files:
-            assert sums[f"raw/{'s2c2/' if task.name == 'thermostability' else ''}{raw.name}"] == raw.sha256
+            assert sums[f"raw/{raw.name}"] == raw.sha256
 
 
 def test_unknown_task_error_lists_known_tasks():
@@ -130,16 +131,21 @@ def serve_from(directory: Path, calls: list):
     return fetch
 
 
+def downloaded_bbb():
+    """bbb as it was before it was bundled: fetched from source and converted."""
+    return replace(get_task("bbb"), bundled=False)
+
+
 def test_bbb_download_converts_to_the_canonical_csv(monkeypatch, tmp_path, data_dir):
     calls = []
-    monkeypatch.setattr(tasks, "fetch_url", serve_from(data_dir / "bbb" / "raw", calls))
-    frame = get_task("bbb").load(tmp_path)
+    monkeypatch.setattr(download, "fetch_url", serve_from(data_dir / "bbb" / "raw", calls))
+    frame = downloaded_bbb().load(tmp_path)
     assert len(calls) == 2 and all("d595145e27fd48386328710a93bb296378ed2717" in url for url in calls)
     written = tmp_path / "bbb" / "bbb.csv"
     assert pd.read_csv(written).equals(pd.read_csv(data_dir / "bbb" / "bbb.csv"))
     assert sorted(os.listdir(tmp_path / "bbb" / "raw")) == ["BBP_test.xlsx", "BBP_train.xlsx"]
     assert split_counts(frame) == {"train": 198, "test": 38}
-    get_task("bbb").load(tmp_path)  # second load reads the converted file
+    downloaded_bbb().load(tmp_path)  # second load reads the converted file
     assert len(calls) == 2
 
 
@@ -149,15 +155,15 @@ def test_download_reuses_checked_raw_files(monkeypatch, tmp_path, data_dir):
     for name in ("BBP_train.xlsx", "BBP_test.xlsx"):
         (raw_dir / name).write_bytes((data_dir / "bbb" / "raw" / name).read_bytes())
     calls = []
-    monkeypatch.setattr(tasks, "fetch_url", serve_from(data_dir / "bbb" / "raw", calls))
-    get_task("bbb").load(tmp_path)
+    monkeypatch.setattr(download, "fetch_url", serve_from(data_dir / "bbb" / "raw", calls))
+    downloaded_bbb().load(tmp_path)
     assert calls == []
 
 
 def test_download_with_wrong_checksum_writes_nothing(monkeypatch, tmp_path):
-    monkeypatch.setattr(tasks, "fetch_url", lambda url, task, path: b"not the published file")
+    monkeypatch.setattr(download, "fetch_url", lambda url, task, path: b"not the published file")
     with pytest.raises(DataError) as caught:
-        get_task("bbb").load(tmp_path)
+        downloaded_bbb().load(tmp_path)
     message = str(caught.value)
     assert "\n" not in message and "sha256" in message and "nothing was written" in message
     assert not (tmp_path / "bbb" / "bbb.csv").exists()
@@ -168,24 +174,14 @@ def test_offline_download_error_names_file_and_variable(monkeypatch, tmp_path):
     def offline(url, timeout):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(tasks.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(download.urllib.request, "urlopen", offline)
     with pytest.raises(DataError) as caught:
-        get_task("bbb").load(tmp_path)
+        downloaded_bbb().load(tmp_path)
     message = str(caught.value)
     assert "\n" not in message
     assert str(tmp_path / "bbb" / "bbb.csv") in message
     assert "Temporary failure in name resolution" in message and "PROTADAPT_DATA_DIR" in message
     assert not (tmp_path / "bbb").exists()
-
-
-@pytest.mark.parametrize("name", ["thermostability", "mic"])
-def test_task_without_converter_says_where_it_looked(tmp_path, name, no_network):
-    with pytest.raises(DataError) as caught:
-        get_task(name).load(tmp_path)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert f"{tmp_path / name / (name + '.csv')} not found" in message
-    assert f"PROTADAPT_DATA_DIR to a folder holding {name}/{name}.csv" in message
 
 
 def test_bad_split_value_is_reported(tmp_path):
@@ -227,7 +223,10 @@ def test_custom_without_split_is_all_train(tmp_path):
 @pytest.mark.parametrize(
     ("content", "test_content", "fragment"),
     [
-        ("sequence,label\nAC,1\nDE,1\nFG,2\nHI,2\n", None, "labels must be 0..K-1"),
+        ("sequence,label\nAC,1\nDE,1\nFG,1\nHI,1\n", None, "classification needs at least 2 classes"),
+        ("sequence,label,split\nAC,0,train\nDE,0,train\nFG,1,test\nHI,1,test\n", None, "found 1 of 0, 1 in train"),
+        ("id,sequence,label\na,AC,no\nb,DE,no\nc,FG,yes\nd,HI,yes\n", "id,sequence,label\nt,KL,maybe\n",
+         "t.csv line 2 (id 't'): label 'maybe' is not one of the classes no, yes"),
         ("sequence,label,split\nAC,0,train\nDE,0,train\nFG,1,train\nHI,1,train\n", "sequence,label\nKL,0\n", "has a 'split' column and a test file"),
         ("sequence,label,split\nAC,0,train\nDE,0,train\nFG,1,train\nHI,1,\n", None, "(id 'x_3'): no split value"),
         ("id,sequence,label\na,AC,0\nb,DE,0\nc,FG,1\nd,HI,1\n", "id,sequence,label\na,KL,0\n", "id 'a' is also used in x.csv"),
@@ -256,14 +255,15 @@ def test_describe_classification_and_regression(data_dir):
     assert "train  4050" in text and "mean 1.13" in text and "2 / 19 / 21.9 / 190" in text
 
 
-def test_format_task_list_and_info(data_dir, tmp_path, no_network):
+def test_format_task_list_and_info(data_dir, tmp_path, monkeypatch):
     listing = format_task_list(data_dir)
     for name in TASKS:
         assert name in listing
     assert f"data directory: {data_dir}" in listing
-    assert "downloadable" in format_task_list(tmp_path) and "missing" in format_task_list(tmp_path)
+    assert "downloadable" in format_task_list(tmp_path) and "bundled" in format_task_list(tmp_path)
     info = format_task_info("thermostability", data_dir)
     assert "primary: accuracy" in info and "1768" in info and "sha256 46ee9d7f91ea273f" in info
+    monkeypatch.setattr(download, "fetch_url", lambda url, task, path: b"")
     offline_info = format_task_info("mic", tmp_path)
     assert "data: not available" in offline_info
     custom = tmp_path / "mine.csv"

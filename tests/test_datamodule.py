@@ -11,6 +11,8 @@ from protadapt.data.datamodule import LengthBucketBatchSampler, ProteinDataModul
 from protadapt.data.io import read_sequences
 from protadapt.data.tasks import get_task
 
+SPLIT = {"batch_size": 16, "val_fraction": 0.2}  # the DataConfig defaults
+
 
 @pytest.fixture(scope="module")
 def alphabet():
@@ -63,7 +65,7 @@ def test_batch_shapes_padding_and_label_types(alphabet):
         assert (batch["tokens"][row, 1 : length + 1] != alphabet.padding_idx).all()
     assert batch["labels"].dtype == torch.long and batch["labels"].shape == (8,)
     assert batch["index"].dtype == torch.long
-    regression = next(iter(make_loader(random_frame(regression=True), alphabet, 8, shuffle=False, problem_type="regression")))
+    regression = next(iter(make_loader(random_frame(regression=True), alphabet, 8, shuffle=False, problem_type="regression", **SPLIT)))
     assert regression["labels"].dtype == torch.float32
 
 
@@ -117,7 +119,7 @@ def test_bad_character_is_a_one_line_error(alphabet):
 
 
 def test_datamodule_inner_split_and_loaders(alphabet):
-    dm = ProteinDataModule.from_task(get_task("bbb"), alphabet, batch_size=16, seed=3)
+    dm = ProteinDataModule.from_task(get_task("bbb"), alphabet, batch_size=16, val_fraction=0.2, seed=3)
     dm.setup("fit")
     assert len(dm.inner_train_df) + len(dm.inner_val_df) == len(dm.train) == 198
     assert not set(dm.inner_train_df["id"]) & set(dm.inner_val_df["id"])
@@ -143,8 +145,8 @@ def test_datamodule_inner_split_and_loaders(alphabet):
 def test_datamodule_is_deterministic_and_respects_groups(alphabet):
     train = random_frame(90)
     groups = np.arange(90) // 3
-    first = ProteinDataModule(alphabet, train=train, problem_type="classification", groups=groups, seed=5)
-    second = ProteinDataModule(alphabet, train=train, problem_type="classification", groups=groups, seed=5)
+    first = ProteinDataModule(alphabet, train=train, problem_type="classification", groups=groups, seed=5, **SPLIT)
+    second = ProteinDataModule(alphabet, train=train, problem_type="classification", groups=groups, seed=5, **SPLIT)
     first.setup()
     second.setup()
     assert np.array_equal(first.inner_val_idx, second.inner_val_idx)
@@ -155,7 +157,7 @@ def test_datamodule_is_deterministic_and_respects_groups(alphabet):
 
 def test_datamodule_regression_labels(alphabet):
     frame = get_task("mic").load()
-    dm = ProteinDataModule(alphabet, train=frame[frame["split"] == "train"].reset_index(drop=True), problem_type="regression")
+    dm = ProteinDataModule(alphabet, train=frame[frame["split"] == "train"].reset_index(drop=True), problem_type="regression", **SPLIT)
     batch = next(iter(dm.inner_val_dataloader()))
     assert batch["labels"].dtype == torch.float32
 
@@ -163,7 +165,7 @@ def test_datamodule_regression_labels(alphabet):
 def test_datamodule_requires_labels_for_training(alphabet):
     train = random_frame(10).assign(label=[0, 1, 0, 1, 0, 1, 0, 1, 0, np.nan])
     with pytest.raises(ValueError, match="train: record 'r9' has no label"):
-        ProteinDataModule(alphabet, train=train, problem_type="classification").setup()
+        ProteinDataModule(alphabet, train=train, problem_type="classification", **SPLIT).setup()
 
 
 class _LengthModel(lightning.LightningModule):
@@ -194,7 +196,7 @@ class _LengthModel(lightning.LightningModule):
 def test_lightning_fit_and_predict(alphabet):
     frame = get_task("bbb").load()
     train, test = (frame[frame["split"] == name].reset_index(drop=True) for name in ("train", "test"))
-    dm = ProteinDataModule(alphabet, train=train, test=test, predict=test, problem_type="classification", batch_size=32)
+    dm = ProteinDataModule(alphabet, train=train, test=test, predict=test, problem_type="classification", batch_size=32, val_fraction=0.2)
     model = _LengthModel(alphabet.padding_idx)
     trainer = lightning.Trainer(
         max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 
 from protadapt.config import load_config
 from protadapt.data.datamodule import LengthBucketBatchSampler, ShardedEvalBatchSampler
-from protadapt.training.run import build_predictor, resolve_task, state_digest
+from protadapt.data.tasks import resolve_task
+from protadapt.training.distributed import state_digest
+from protadapt.training.run import build_predictor
 
 REPO = Path(__file__).resolve().parents[1]
 

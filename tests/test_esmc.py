@@ -8,7 +8,8 @@ import pytest
 import torch
 import transformers
 
-from protadapt.adapters import AdapterConfig, backbone_parameter_count, expected_trainable
+from protadapt.adapters import AdapterConfig, expected_trainable
+from protadapt.adapters.full import backbone_parameter_count
 from protadapt.backbones import ARCHITECTURES, BackboneError, build_random, esmc, load_backbone, resolve_architecture
 from protadapt.cli import main
 from protadapt.data.tasks import get_task

@@ -20,7 +20,8 @@ from protadapt.adapters import (
     unmerge_adapters,
 )
 from protadapt.backbones import Backbone, BackboneError, bert, build_random, esmc, load_backbone
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 
 TINY = {
     "esmc": esmc.esmc_architecture("esmc_tiny", esmc.esmc_config_dict(2, 64, 4, 128)),

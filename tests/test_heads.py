@@ -7,7 +7,8 @@ import torch
 
 from protadapt.adapters import AdapterConfig, AdapterError
 from protadapt.backbones import load_backbone
-from protadapt.heads import HeadConfig, ProteinPredictor, mean_pool, residue_mask
+from protadapt.heads import HeadConfig, mean_pool, residue_mask
+from protadapt.model import ProteinPredictor
 
 BOS, PAD, EOS = 0, 1, 2
 

@@ -70,7 +70,7 @@ def test_training_curves_skip_a_log_without_numbers(tmp_path):
 @pytest.mark.parametrize(
     "column, family",
     [("train_loss", "loss"), ("val_loss", "loss"), ("train_loss_epoch", "loss"), ("val_f1", "f1"),
-     ("outer_val_loss", "loss"), ("val/mcc", "mcc"), ("lr-AdamW", "lr-AdamW")],
+     ("inner_train_loss", "loss"), ("val/mcc", "mcc"), ("lr-AdamW", "lr-AdamW")],
 )
 def test_metric_family(column, family):
     assert metric_family(column) == family

@@ -12,7 +12,8 @@ import torch
 from protadapt.adapters import AdapterConfig, AdapterError, apply_method, count_trainable, expected_trainable
 from protadapt.adapters.prompt import AMINO_ACIDS, PromptEmbedding
 from protadapt.backbones import Architecture, build_random, load_backbone
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 
 
 def prompted(num_prompts: int = 5, backbone: str = "tiny") -> ProteinPredictor:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.strategies import Strategy
+import pandas as pd
 import pytest
 import torch
 from lightning.pytorch.utilities import CombinedLoader
@@ -18,9 +19,10 @@ from protadapt.backbones import load_backbone
 from protadapt.config import BilevelConfig, OptimConfig, load_config
 from protadapt.data.datamodule import ProteinDataModule
 from protadapt.data.tasks import get_task
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 from protadapt.training.bilevel import BiDoRAModule
-from protadapt.training.module import AdapterModule, warmup_schedule
+from protadapt.training.module import PredictorModule, warmup_schedule
 
 
 
@@ -38,7 +40,8 @@ def bidora_predictor(seed: int = 0) -> ProteinPredictor:
 def bbb_datamodule(alphabet, batch_size: int = 16) -> ProteinDataModule:
     frame = get_task("bbb").load()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    datamodule = ProteinDataModule(alphabet, train=train, problem_type="classification", batch_size=batch_size)
+    datamodule = ProteinDataModule(alphabet, train=train, problem_type="classification", batch_size=batch_size,
+                                   val_fraction=0.2)
     datamodule.setup("fit")
     return datamodule
 
@@ -241,18 +244,18 @@ def test_warmup_schedule_shape(schedule):
 
 
 def test_unknown_schedule_is_rejected():
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    """Checked once, when the config is loaded (check_choices), before anything is built."""
     with pytest.raises(ValueError, match="schedule"):
-        warmup_schedule(optimizer, OptimConfig(schedule="step"), 10)
+        load_config(None, ["optim.schedule=step"])
 
 
 def test_regression_loss_is_mse_and_classification_is_cross_entropy():
     torch.manual_seed(0)
-    regression = AdapterModule(ProteinPredictor(load_backbone("tiny"), HeadConfig(problem_type="regression"),
+    regression = PredictorModule(ProteinPredictor(load_backbone("tiny"), HeadConfig(problem_type="regression"),
                                                 AdapterConfig(method="head")), OptimConfig())
     output, labels = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 4.0])
     assert regression.loss(output, labels).item() == pytest.approx((1 + 4) / 2)
-    classification = AdapterModule(bidora_predictor(), OptimConfig())
+    classification = PredictorModule(bidora_predictor(), OptimConfig())
     logits = torch.tensor([[0.0, 0.0]])
     assert classification.loss(logits, torch.tensor([1])).item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
 
@@ -265,7 +268,7 @@ def test_run_paths(tmp_path):
 def test_fit_evaluates_where_it_trained_and_at_the_training_precision(tmp_path, monkeypatch):
     """Lightning's teardown moves the model to the CPU; fit moves it back before its own evaluation."""
     seen = []
-    original_to, original_predict = run_module.AdapterModule.to, run_module.predict_scores
+    original_to, original_predict = run_module.PredictorModule.to, run_module.predict_scores
 
     def record_to(module, *args, **kwargs):
         seen.append(("to", str(args[0]) if args else str(kwargs)))
@@ -280,13 +283,14 @@ def test_fit_evaluates_where_it_trained_and_at_the_training_precision(tmp_path, 
         original_teardown(strategy)
 
     original_teardown = Strategy.teardown
-    monkeypatch.setattr(run_module.AdapterModule, "to", record_to)
+    monkeypatch.setattr(run_module.PredictorModule, "to", record_to)
     monkeypatch.setattr(run_module, "predict_scores", record_predict)
     monkeypatch.setattr(Strategy, "teardown", record_teardown)
     result = run_module.fit(quick_config("lora", "optim.max_epochs=1", "trainer.precision=bf16-mixed"), tmp_path / "run")
     teardown = max(i for i, event in enumerate(seen) if event[0] == "teardown")
     assert ("to", "cpu") in seen[teardown:]  # back onto the trainer's root device (here the CPU) after teardown
     assert ("predict", "bf16") in seen[teardown:]
-    assert 0.0 <= result.metrics["test"]["accuracy"] <= 1.0
+    saved = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert result.metrics["test"]["accuracy"] == pytest.approx((saved["prediction"] == saved["label"]).mean())
     assert [run_module.inference_precision(p) for p in ("32-true", "bf16-mixed", "16-mixed", 16, "bf16-true")] == \
         ["32", "bf16", "fp16", "fp16", "bf16"]

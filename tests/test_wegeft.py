@@ -18,7 +18,8 @@ from protadapt.adapters import (
 )
 from protadapt.adapters.wegeft import WeGeFTLinear
 from protadapt.backbones import load_backbone
-from protadapt.heads import HeadConfig, ProteinPredictor
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
 
 BACKBONES = ["tiny", "esm2_t6_8M_UR50D"]
 MODES = [False, True]  # shared

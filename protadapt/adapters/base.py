@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from protadapt.files import read_safetensors
+
 ATTENTION_TARGETS = (r"layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",)
 FFN_TARGETS = (r"layers\.\d+\.(fc1|fc2)",)
 
@@ -72,15 +74,26 @@ class Adapter(nn.Module):
 
 
 class LinearAdapter(Adapter):
-    """Wraps a frozen `nn.Linear`; subclasses add parameters and define the effective weight."""
+    """Wraps a frozen `nn.Linear`; a method defines its update, this base merges it exactly.
+
+    A method implements `adapted_forward` (the unmerged forward), `delta_weight` (ΔW with
+    W = W0 + ΔW) and `reset_parameters` (its initial state, W = W0 where the method allows it); a
+    method whose W is not W0 + ΔW overrides `effective_weight`. Merging swaps W into the base layer
+    and keeps W0 aside untouched, so unmerging restores the frozen weight bit for bit.
+    """
 
     def __init__(self, base_layer: nn.Linear):
         super().__init__()
         self.base_layer = base_layer
-        self.merged = False
         base_layer.weight.requires_grad_(False)
         if base_layer.bias is not None:
             base_layer.bias.requires_grad_(False)
+        # W0 while merged (a buffer, so it follows .to(); not persistent, so never saved)
+        self.register_buffer("unmerged_weight", None, persistent=False)
+
+    @property
+    def merged(self) -> bool:
+        return self.unmerged_weight is not None
 
     @property
     def in_features(self) -> int:
@@ -94,26 +107,50 @@ class LinearAdapter(Adapter):
     def num_params(in_features: int, out_features: int, config: AdapterConfig) -> int:
         raise NotImplementedError
 
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) if self.merged else self.adapted_forward(x)
+
     def effective_weight(self) -> torch.Tensor:
         """The weight this layer applies, as one `out × in` tensor (for merging and analysis)."""
-        raise NotImplementedError
+        if self.merged:
+            return self.base_layer.weight
+        return self.base_layer.weight + self.delta_weight()
+
+    def merged_weight(self) -> torch.Tensor:
+        """What merging writes into the base layer; a method may compute it more precisely."""
+        return self.effective_weight()
 
     @torch.no_grad()
     def merge(self) -> None:
         if not self.merged:
-            self._merge()
-            self.merged = True
+            weight = self.base_layer.weight
+            merged = self.merged_weight().to(weight.dtype)
+            self.unmerged_weight = weight.data
+            weight.data = merged
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self._unmerge()
-            self.merged = False
+            self.base_layer.weight.data = self.unmerged_weight
+            self.unmerged_weight = None
 
-    def _merge(self) -> None:
+
+class DecomposedLinear(LinearAdapter):
+    """A layer with a magnitude–direction split (DoRA): BiDoRA trains the magnitudes separately."""
+
+    def magnitude_parameters(self) -> list[nn.Parameter]:
         raise NotImplementedError
 
-    def _unmerge(self) -> None:
+    def orthogonality_penalty(self) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -195,17 +232,11 @@ def save_tensors(state: dict[str, torch.Tensor], metadata: dict, directory: Path
 
 
 def load_tensors(directory: Path, stem: str = "adapter") -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights, config = directory / f"{stem}.safetensors", directory / f"{stem}.json"
     for path in (weights, config):
         if not path.exists():
             raise AdapterError(f"{path}: missing; a saved adapter is {stem}.safetensors plus {stem}.json")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise AdapterError(f"{weights}: not a readable safetensors file ({error})") from None
+    state = read_safetensors(weights, AdapterError)
     try:
         metadata = json.loads(config.read_text())
     except json.JSONDecodeError as error:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from protadapt.adapters.base import AdapterConfig
-from protadapt.adapters.lora import LoRALinear
+from protadapt.adapters.base import AdapterConfig, DecomposedLinear
+from protadapt.adapters.lora import LOW_RANK_SETTINGS, LoRALinear
+from protadapt.adapters.registry import linear_method, register_method
 
 NORM_DIM = 1  # rows of the out × in weight: one magnitude per output feature
 
 
-class DoRALinear(LoRALinear):
+class DoRALinear(LoRALinear, DecomposedLinear):
     def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
         super().__init__(base_layer, config)
         self.detach_norm = config.detach_norm
         self.magnitude = nn.Parameter(self.direction_norm().detach().clone())  # m, = ‖W0‖ so W = W0 at init
-        self.register_buffer("merge_scale", torch.ones_like(self.magnitude), persistent=False)
 
     @staticmethod
     def num_params(in_features: int, out_features: int, config: AdapterConfig) -> int:
@@ -30,6 +30,12 @@ class DoRALinear(LoRALinear):
 
     def magnitude_parameters(self) -> list[nn.Parameter]:
         return [self.magnitude]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Directions as LoRA's, then m = ‖W0‖, so W = W0 again."""
+        self.reset_low_rank()
+        self.magnitude.copy_(self.direction_norm())
 
     def direction_norm(self) -> torch.Tensor:
         """Row norms of V = W0 + s·B·A without materialising V (see `_direction_norm_sq`)."""
@@ -50,9 +56,7 @@ class DoRALinear(LoRALinear):
         norm = self.direction_norm()
         return self.magnitude / (norm.detach() if self.detach_norm else norm)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            return self.base_layer(x)
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         # W·x + b = (m/‖V‖) ⊙ (W0·x + s·B·A·x) + b, written so that at init (scale exactly 1) the
         # result is bit-identical to the base layer: (base(x) + lora)·scale − (scale − 1)·b.
         scale = self.scale()
@@ -97,14 +101,7 @@ class DoRALinear(LoRALinear):
         low_rank = (small * small.T).sum()  # tr(X²) = Σ X∘Xᵀ
         return (constant + mixed + low_rank - rows).clamp_min(0).sqrt()
 
-    def _merge(self) -> None:
-        scale = self.scale()
-        self.merge_scale.copy_(scale)
-        weight = self.base_layer.weight
-        weight += self.delta_weight()
-        weight *= scale.unsqueeze(NORM_DIM)
 
-    def _unmerge(self) -> None:
-        weight = self.base_layer.weight
-        weight /= self.merge_scale.unsqueeze(NORM_DIM)
-        weight -= self.delta_weight()
+register_method(linear_method("dora", DoRALinear, settings=LOW_RANK_SETTINGS))
+# DoRA's parameterisation; what differs is the bi-level training (protadapt.training.bilevel)
+register_method(linear_method("bidora", DoRALinear, bilevel=True, settings=LOW_RANK_SETTINGS))

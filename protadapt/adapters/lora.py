@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from protadapt.adapters.base import AdapterConfig, LinearAdapter
+from protadapt.adapters.registry import linear_method, register_method
+
+LOW_RANK_SETTINGS = ("rank", "alpha", "include_ffn", "targets")  # what shapes and scales the saved A, B
 
 
 class LoRALinear(LinearAdapter):
@@ -18,9 +21,8 @@ class LoRALinear(LinearAdapter):
         self.rank = config.rank
         self.scaling = config.alpha / config.rank
         self.down = nn.Parameter(torch.empty(config.rank, self.in_features, dtype=weight.dtype, device=weight.device))  # A
-        self.up = nn.Parameter(torch.zeros(self.out_features, config.rank, dtype=weight.dtype, device=weight.device))  # B
-        if weight.device.type != "meta":
-            nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+        self.up = nn.Parameter(torch.empty(self.out_features, config.rank, dtype=weight.dtype, device=weight.device))  # B
+        self.reset_low_rank()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     @staticmethod
@@ -30,11 +32,18 @@ class LoRALinear(LinearAdapter):
     def direction_parameters(self) -> list[nn.Parameter]:
         return [self.down, self.up]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
-        if self.merged:
-            return result
-        return self.add_low_rank(result, self.dropout(x))
+    def reset_parameters(self) -> None:
+        self.reset_low_rank()
+
+    @torch.no_grad()
+    def reset_low_rank(self) -> None:
+        """A Kaiming-uniform (as nn.Linear), B = 0: the update starts at zero."""
+        if self.down.device.type != "meta":
+            nn.init.kaiming_uniform_(self.down, a=math.sqrt(5))
+        nn.init.zeros_(self.up)
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.add_low_rank(self.base_layer(x), self.dropout(x))
 
     def add_low_rank(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """result + (α/r)·B·A·x without forming B·A; B·(A·x) is accumulated into `result` by one GEMM
@@ -46,13 +55,5 @@ class LoRALinear(LinearAdapter):
     def delta_weight(self) -> torch.Tensor:
         return (self.up @ self.down) * self.scaling
 
-    def effective_weight(self) -> torch.Tensor:
-        if self.merged:
-            return self.base_layer.weight
-        return self.base_layer.weight + self.delta_weight()
 
-    def _merge(self) -> None:
-        self.base_layer.weight += self.delta_weight()
-
-    def _unmerge(self) -> None:
-        self.base_layer.weight -= self.delta_weight()
+register_method(linear_method("lora", LoRALinear, settings=LOW_RANK_SETTINGS))

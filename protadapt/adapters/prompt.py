@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from protadapt.adapters import register_method
 from protadapt.adapters.base import Adapter, AdapterConfig, AdapterError
+from protadapt.adapters.registry import Method, register_method
 from protadapt.backbones import Architecture, Backbone
 
 AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
@@ -59,4 +59,4 @@ def count(architecture: Architecture, config: AdapterConfig) -> int:
     return config.num_prompts * architecture.embed_dim
 
 
-register_method("prompt", apply, count)
+register_method(Method("prompt", apply, count, settings=("num_prompts",)))

@@ -19,8 +19,8 @@ import math
 import torch
 from torch import nn
 
-from protadapt.adapters import register_method, target_shapes
 from protadapt.adapters.base import Adapter, AdapterConfig, LinearAdapter, replace_linears
+from protadapt.adapters.registry import Method, register_method, target_shapes
 from protadapt.backbones import Architecture, Backbone
 
 
@@ -43,14 +43,25 @@ class WeGeFTGenerators(Adapter):
             self.up[key], self.down[key] = new_generators(linear.in_features, self.rank, linear.weight)
         return key
 
+    def reset_parameters(self) -> None:
+        for key in self.shapes:
+            reset_generators(self.up[key], self.down[key])
+
 
 def new_generators(in_features: int, rank: int, like: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
     """Φ1 (`in × r`, zeros) and Φ2 (`r × in`, Kaiming-uniform), on the device and dtype of `like`."""
-    up = nn.Parameter(torch.zeros(in_features, rank, dtype=like.dtype, device=like.device))
+    up = nn.Parameter(torch.empty(in_features, rank, dtype=like.dtype, device=like.device))
     down = nn.Parameter(torch.empty(rank, in_features, dtype=like.dtype, device=like.device))
-    if like.device.type != "meta":
-        nn.init.kaiming_uniform_(down, a=math.sqrt(5))
+    reset_generators(up, down)
     return up, down
+
+
+@torch.no_grad()
+def reset_generators(up: nn.Parameter, down: nn.Parameter) -> None:
+    """Φ1 = 0 (so W = W0), Φ2 Kaiming-uniform as LoRA's A."""
+    nn.init.zeros_(up)
+    if down.device.type != "meta":
+        nn.init.kaiming_uniform_(down, a=math.sqrt(5))
 
 
 class WeGeFTLinear(LinearAdapter):
@@ -73,9 +84,12 @@ class WeGeFTLinear(LinearAdapter):
         module, key = self.shared
         return module.up[key], module.down[key]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            return self.base_layer(x)
+    def reset_parameters(self) -> None:
+        """This layer's own generators; shared ones are reset by `WeGeFTGenerators.reset_parameters`."""
+        if self.shared is None:
+            reset_generators(self.up, self.down)
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         up, down = self.generators()
         return self.base_layer(x + (x @ down.T) @ up.T)  # W0·(x + Φ1·Φ2·x) + b
 
@@ -83,24 +97,11 @@ class WeGeFTLinear(LinearAdapter):
         up, down = self.generators()
         return (self.base_layer.weight @ up) @ down  # W0·Φ1·Φ2
 
-    def effective_weight(self) -> torch.Tensor:
-        if self.merged:
-            return self.base_layer.weight
-        return self.base_layer.weight + self.delta_weight()
-
-    def _merge(self) -> None:
-        weight = self.base_layer.weight
+    def merged_weight(self) -> torch.Tensor:
+        """W0 + W0·Φ1·Φ2 in float64, rounded once to the weight's dtype."""
+        weight = self.base_layer.weight.double()
         up, down = (g.double() for g in self.generators())
-        merged = weight.double() + (weight.double() @ up) @ down
-        weight.copy_(merged)
-
-    def _unmerge(self) -> None:
-        """W0 = W·(I + Φ1Φ2)⁻¹ = W − (W·Φ1)·(I_r + Φ2Φ1)⁻¹·Φ2 (Woodbury: an r×r solve, not in×in)."""
-        weight = self.base_layer.weight
-        up, down = (g.double() for g in self.generators())
-        merged = weight.double()
-        inner = torch.eye(self.rank, dtype=merged.dtype, device=merged.device) + down @ up
-        weight.copy_(merged - (merged @ up) @ torch.linalg.solve(inner, down))
+        return weight + (weight @ up) @ down
 
 
 def apply(backbone: Backbone, config: AdapterConfig) -> list[str]:
@@ -126,4 +127,4 @@ def count(architecture: Architecture, config: AdapterConfig) -> int:
     return sum(2 * i * config.rank for _, i, _ in shapes)
 
 
-register_method("wegeft", apply, count)
+register_method(Method("wegeft", apply, count, layer=WeGeFTLinear, settings=("rank", "include_ffn", "targets", "shared")))

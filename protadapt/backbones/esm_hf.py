@@ -10,6 +10,7 @@ from pathlib import Path
 from protadapt.backbones.base import Architecture, BackboneError
 from protadapt.backbones.esm import ESMBackbone, build_esm, load_state_strict
 from protadapt.backbones.weights import one_line
+from protadapt.files import read_safetensors
 
 
 HF_TO_FAIR_ESM: list[tuple[str, str]] = [
@@ -34,17 +35,11 @@ HF_DERIVED = re.compile(r"(rotary_embeddings\.inv_freq|position_ids|lm_head\.dec
 
 def load_hf_directory(directory: Path) -> ESMBackbone:
     """Read an HF-hub ESM-2 directory (`config.json` + `model.safetensors`) into fair-esm's ESM2."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     architecture = hf_architecture(directory)
     weights = directory / "model.safetensors"
     if not weights.exists():
         raise BackboneError(f"{weights}: missing; an HF-format ESM directory needs config.json and model.safetensors")
-    try:
-        hf_state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise BackboneError(f"{weights}: not a readable safetensors file ({one_line(error)})") from None
+    hf_state = read_safetensors(weights, BackboneError)
     state = {}
     for key, value in hf_state.items():
         key = key.removeprefix("model.") if key.startswith("model.esm.") else key

@@ -18,19 +18,23 @@ of batches, so no collective waits on a rank that has run out.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import lightning
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from protadapt.data.splits import inner_split
 
 
 class ProteinDataModule(lightning.LightningDataModule):
-    """Train/test/predict frames in, inner train/validation split and bucketed loaders out."""
+    """Train/test/predict frames in, inner train/validation split and bucketed loaders out.
+
+    `batch_size` and `val_fraction` come from the run's `DataConfig` (their defaults live there)."""
 
     def __init__(
         self,
@@ -40,8 +44,8 @@ class ProteinDataModule(lightning.LightningDataModule):
         test: pd.DataFrame | None = None,
         predict: pd.DataFrame | None = None,
         problem_type: str,
-        batch_size: int = 16,
-        val_fraction: float = 0.2,
+        batch_size: int,
+        val_fraction: float,
         seed: int = 0,
         groups: Sequence | None = None,
         num_workers: int = 0,
@@ -101,6 +105,13 @@ class ProteinDataModule(lightning.LightningDataModule):
     def inner_val_dataloader(self) -> DataLoader:
         """Upper level of BiDoRA: the validation part, shuffled."""
         return self._loader(self._inner()[1], shuffle=True, stream=2)
+
+    def bilevel_dataloader(self) -> CombinedLoader:
+        """BiDoRA's search: batches `{"inner_train": ..., "inner_val": ...}`, the shorter part cycled."""
+        with warnings.catch_warnings():  # a deprecation inside Lightning's CombinedLoader, not the caller's
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).* is deprecated.*")
+            return CombinedLoader({"inner_train": self.inner_train_dataloader(),
+                                   "inner_val": self.inner_val_dataloader()}, mode="max_size_cycle")
 
     def full_train_dataloader(self) -> DataLoader:
         """All of train, shuffled: BiDoRA's retrain phase gives back what validation took."""

@@ -2,44 +2,49 @@
 
 Data directory: the ``data_dir`` argument, else ``$PROTADAPT_DATA_DIR``, else
 ``~/.cache/protadapt/data``; a task's canonical file is ``<dir>/<task>/<task>.csv`` with columns
-id, sequence, label, split (+ extras). When it is missing, a task that knows its published raw
-files downloads them into ``<dir>/<task>/raw/``, checks their sha256 and converts them; the
-others raise a one-line `DataError` saying where the file was looked for.
+id, sequence, label, split (+ extras). When it is missing, the task downloads its published raw
+files into ``<dir>/<task>/raw/``, checks their sha256 and converts them (`download`). bbb's
+canonical file ships inside the package (``protadapt/data/bundled/``), so it never needs either.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
-from protadapt.data.io import DataError, read_sequences, write_bytes_atomic, write_csv_atomic
+from protadapt.data import converters
+from protadapt.data.download import DATA_DIR_ENV, download
+from protadapt.data.io import DataError, read_sequences
+
+if TYPE_CHECKING:
+    from protadapt.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR_ENV = "PROTADAPT_DATA_DIR"
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+BBB_CSV_SHA256 = "def347a8c7d899a8a9a4baf2a45d38c87933163ce00ec9fb2fa2c2c479169322"  # bundled/bbb.csv
+# DataConfig keys passed to read_sequences for a custom task
+READ_OPTIONS = ("sequence_column", "label_column", "id_column", "conflicts", "truncate", "duplicate_ids",
+                "labels_file")
 SPLITS = ("train", "test")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "precision", "recall", "mcc", "auroc")
 REGRESSION_METRICS = ("mse", "rmse", "mae", "pearson", "spearman", "r2")
-DOWNLOAD_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True)
 class RawFile:
-    """One file exactly as published, pinned by commit in its URL and by sha256."""
+    """One file exactly as published, pinned by commit in its URL and by the sha256 of its bytes."""
 
-    name: str
+    name: str  # path under <dir>/<task>/raw/
     url: str
-    sha256: str
+    sha256: str | None  # None: used with a "not verified" warning
 
 
 @dataclass(frozen=True)
@@ -57,8 +62,12 @@ class Task:
     raw_files: tuple[RawFile, ...] = ()
     convert: Callable[[Path], pd.DataFrame] | None = field(default=None, repr=False)  # raw dir -> canonical
     conflicts: str = "error"  # io.read_sequences policy for identical sequences with different labels
+    bundled: bool = False  # the canonical file ships in protadapt/data/bundled/ (no download, no data dir)
+    classes: tuple = ()  # class labels in index order (classification)
 
     def path(self, data_dir: str | os.PathLike | None = None) -> Path:
+        if self.bundled:
+            return BUNDLED_DIR / self.file_name
         return resolve_data_dir(data_dir) / self.name / self.file_name
 
     def load(self, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -66,7 +75,8 @@ class Task:
         path = self.path(data_dir)
         if not path.exists():
             download(self, path)
-        frame = read_sequences(path, problem_type=self.problem_type, require_labels=True, conflicts=self.conflicts)
+        frame = read_sequences(path, problem_type=self.problem_type, require_labels=True, conflicts=self.conflicts,
+                               classes=self.classes or None)
         _check_split_column(frame, path)
         return frame
 
@@ -84,24 +94,26 @@ class CustomTask:
     train_path: Path
     test_path: Path | None = None
     read_kwargs: dict = field(default_factory=dict, compare=False)
+    classes: tuple = ()  # class labels as written in the file, in index order
 
     def load(self, data_dir: str | os.PathLike | None = None) -> pd.DataFrame:
         """Same shape as `Task.load`; ``data_dir`` is ignored (the paths are explicit)."""
-        kwargs = {**self.read_kwargs, "problem_type": self.problem_type, "require_labels": True}
+        kwargs = {**self.read_kwargs, "problem_type": self.problem_type, "require_labels": True,
+                  "classes": self.classes or None}
         frame = read_sequences(self.train_path, **kwargs)
         if self.test_path is None:
             if "split" not in frame:
                 frame["split"] = "train"
             _check_split_column(frame, self.train_path)
             return frame
+        kwargs.pop("labels_file", None)  # data.labels_file labels the training file only
         test = read_sequences(self.test_path, **{**kwargs, "min_class_count": 1})
         frame = pd.concat([frame.assign(split="train"), test.assign(split="test")], ignore_index=True)
         repeated = frame["id"][frame["id"].duplicated()]
         if len(repeated):
-            raise DataError(
-                f"{self.test_path.name}: id {repeated.iloc[0]!r} is also used in {self.train_path.name}; make ids unique"
-            )
-        frame.attrs = {"source": str(self.train_path), "problem_type": self.problem_type}
+            raise DataError(f"{self.test_path.name}: id {repeated.iloc[0]!r} is also used in {self.train_path.name}; "
+                            "make ids unique")
+        frame.attrs = {"source": str(self.train_path), "problem_type": self.problem_type, "classes": list(self.classes)}
         return frame
 
 
@@ -111,36 +123,30 @@ def custom_task(
     test_path: str | os.PathLike | None = None,
     **read_kwargs,
 ) -> CustomTask:
-    """Describe a user's file as a task; the problem type is inferred from its labels if not given."""
+    """Describe a user's file as a task; the problem type and classes are read from its labels."""
     path = Path(path)
     read_kwargs.pop("require_labels", None)
     probe = read_sequences(path, problem_type=problem_type, require_labels=True, **read_kwargs)
-    problem_type = probe.attrs["problem_type"]
+    problem_type, classes = probe.attrs["problem_type"], tuple(probe.attrs["classes"])
     if "split" in probe:
         if test_path is not None:
             raise DataError(f"{path.name}: has a 'split' column and a test file was also given; use one or the other")
         _check_split_column(probe, path)
     train_labels = probe["label"][probe["split"] == "train"] if "split" in probe else probe["label"]
-    num_classes = 1
-    if problem_type == "classification":
-        classes = sorted(int(label) for label in train_labels.unique())
-        if classes != list(range(len(classes))) or len(classes) < 2:
-            raise DataError(
-                f"{path.name}: classification labels must be 0..K-1 with K >= 2, every class in train; "
-                f"found {classes}; renumber them"
-            )
-        num_classes = len(classes)
-    metrics = CLASSIFICATION_METRICS if problem_type == "classification" else REGRESSION_METRICS
+    if problem_type == "classification" and (train_labels.nunique() < len(classes) or len(classes) < 2):
+        raise DataError(f"{path.name}: classification needs at least 2 classes, each in the training split; "
+                        f"found {train_labels.nunique()} of {', '.join(map(str, classes))} in train")
     return CustomTask(
         name=path.stem,
         problem_type=problem_type,
-        num_classes=num_classes,
-        metrics=metrics,
+        num_classes=len(classes) if problem_type == "classification" else 1,
+        metrics=CLASSIFICATION_METRICS if problem_type == "classification" else REGRESSION_METRICS,
         primary_metric="accuracy" if problem_type == "classification" else "mse",
         description=f"user data from {path}",
         train_path=path,
         test_path=None if test_path is None else Path(test_path),
         read_kwargs=read_kwargs,
+        classes=classes,
     )
 
 
@@ -152,6 +158,18 @@ def get_task(name: str) -> Task:
         raise DataError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
 
 
+def resolve_task(data: "DataConfig") -> Task | CustomTask:
+    """The task a run's data settings name: a registered one, or the user's own file (`custom`).
+
+    The table options (data.sequence_column, ...) are for custom tasks."""
+    if data.task != "custom":
+        return get_task(data.task)
+    if not data.train_file:
+        raise DataError("the custom task needs a labelled file: data.train_file=PATH (CSV, TSV or FASTA)")
+    options = {key: getattr(data, key) for key in READ_OPTIONS}
+    return custom_task(data.train_file, problem_type=data.problem_type, test_path=data.test_file, **options)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Argument, else $PROTADAPT_DATA_DIR, else ~/.cache/protadapt/data."""
     if data_dir is not None:
@@ -159,44 +177,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV]).expanduser()
     return Path.home() / ".cache" / "protadapt" / "data"
-
-
-def download(task: Task, path: Path) -> Path:
-    """Fetch the task's raw files (sha256-checked) into ``path.parent/raw`` and write ``path``."""
-    if task.convert is None:
-        raise DataError(
-            f"{task.name}: {path} not found and this task has no automatic download; set "
-            f"{DATA_DIR_ENV} to a folder holding {task.name}/{task.file_name} (raw files: {task.source})"
-        )
-    raw_dir = path.parent / "raw"
-    for raw in task.raw_files:
-        target = raw_dir / raw.name
-        if target.exists() and _sha256(target.read_bytes()) == raw.sha256:
-            continue
-        logger.info("%s: downloading %s", task.name, raw.url)
-        data = fetch_url(raw.url, task, path)
-        if _sha256(data) != raw.sha256:
-            raise DataError(
-                f"{task.name}: {raw.url} has sha256 {_sha256(data)[:16]}..., expected {raw.sha256[:16]}...; "
-                f"the source changed, so nothing was written; set {DATA_DIR_ENV} to a checked copy"
-            )
-        write_bytes_atomic(data, target)
-    write_csv_atomic(task.convert(raw_dir), path)
-    logger.info("%s: wrote %s", task.name, path)
-    return path
-
-
-def fetch_url(url: str, task: Task, path: Path) -> bytes:
-    """The bytes at ``url``; the single place that touches the network (tests replace it)."""
-    try:
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise DataError(
-            f"{task.name}: {path} not found and downloading {url} failed ({reason}); if offline, set "
-            f"{DATA_DIR_ENV} to a folder holding {task.name}/{task.file_name}"
-        ) from None
 
 
 def describe(task_or_df: Task | CustomTask | pd.DataFrame, data_dir: str | os.PathLike | None = None) -> str:
@@ -211,7 +191,7 @@ def describe(task_or_df: Task | CustomTask | pd.DataFrame, data_dir: str | os.Pa
     for name, part in parts:
         lengths = part["sequence"].str.len()
         length_text = f"{lengths.min()} / {lengths.median():g} / {lengths.mean():.1f} / {lengths.max()}"
-        rows.append([name, str(len(part)), _label_summary(part["label"], problem_type), length_text])
+        rows.append([name, str(len(part)), _label_summary(part["label"], problem_type, frame.attrs.get("classes")), length_text])
     return _format_table(rows)
 
 
@@ -219,7 +199,9 @@ def format_task_list(data_dir: str | os.PathLike | None = None) -> str:
     """Text for `protadapt data list`: one line per task and where its data is expected."""
     rows = [["task", "type", "primary metric", "data", "description"]]
     for task in TASKS.values():
-        if task.path(data_dir).exists():
+        if task.bundled:
+            status = "bundled"
+        elif task.path(data_dir).exists():
             status = "present"
         else:
             status = "downloadable" if task.convert is not None else "missing"
@@ -271,21 +253,18 @@ def _format_table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def _label_summary(labels: pd.Series, problem_type: str | None) -> str:
+def _label_summary(labels: pd.Series, problem_type: str | None, classes: list | None = None) -> str:
     labels = labels.dropna()
     if labels.empty:
         return "none"
     if problem_type == "classification":
         counts = labels.astype(int).value_counts().sort_index()
-        return ", ".join(f"{label}: {count} ({count / len(labels):.0%})" for label, count in counts.items())
+        names = classes or range(int(counts.index.max()) + 1)
+        return ", ".join(f"{names[label]}: {count} ({count / len(labels):.0%})" for label, count in counts.items())
     return (
         f"mean {labels.mean():.3g} sd {labels.std():.3g} "
         f"min {labels.min():.3g} median {labels.median():.3g} max {labels.max():.3g}"
     )
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _github_raw(repository: str, commit: str, path: str) -> str:
@@ -294,17 +273,6 @@ def _github_raw(repository: str, commit: str, path: str) -> str:
 
 def _github_tree(repository: str, commit: str, folder: str) -> str:
     return f"https://github.com/{repository}/tree/{commit}/{urllib.parse.quote(folder)}"
-
-
-def _convert_bbb(raw_dir: Path) -> pd.DataFrame:
-    """BBPpred xlsx pair (sequence, label columns) -> canonical CSV with ids bbp_<split>_<row>."""
-    parts = []
-    for split, name in (("train", "BBP_train.xlsx"), ("test", "BBP_test.xlsx")):
-        sheet = pd.read_excel(raw_dir / name, engine="openpyxl")
-        parts.append(pd.DataFrame({"sequence": sheet["sequence"].astype(str), "label": sheet["label"].astype(int), "split": split}))
-    frame = pd.concat(parts, ignore_index=True)
-    frame.insert(0, "id", [f"bbp_{split}_{row:03d}" for row, split in enumerate(frame["split"])])
-    return frame
 
 
 _BBB_REPO = ("dzjxzyd/UniDL4BioPep", "d595145e27fd48386328710a93bb296378ed2717")
@@ -342,7 +310,9 @@ TASKS: dict[str, Task] = {
                 ("BBP_test.xlsx", "8508279491f08a7d869ed157b41e309eacf609f2efd877b06d95c9463b9cca49"),
             )
         ),
-        convert=_convert_bbb,
+        convert=converters.convert_bbb,
+        bundled=True,
+        classes=(0, 1),
         conflicts="drop",  # AGCKNFFWKTFTSC is in train as both 0 and 1; both copies go, with a warning
     ),
     "thermostability": Task(
@@ -355,9 +325,11 @@ TASKS: dict[str, Task] = {
         file_name="thermostability.csv",
         source=_github_tree(*_HOTPROTEIN_REPO, "s2c2"),
         raw_files=tuple(
-            RawFile(name, _github_raw(*_HOTPROTEIN_REPO, f"s2c2/{name}"), sha256)
+            RawFile(f"s2c2/{name}", _github_raw(*_HOTPROTEIN_REPO, f"s2c2/{name}"), sha256)
             for name, sha256 in _HOTPROTEIN_SHA256.items()
         ),
+        convert=converters.convert_thermostability,
+        classes=(0, 1),
     ),
     "mic": Task(
         name="mic",
@@ -380,5 +352,6 @@ TASKS: dict[str, Task] = {
                 "918c51f7c60ce76773db28783d011b860ac1b2e6d8650d26ef1d2e7b68b1b9a0",
             ),
         ),
+        convert=converters.convert_mic,
     ),
 }

@@ -8,7 +8,7 @@ per column of its `in x out` (transposed) notation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +32,6 @@ def analyse_layers(pairs: LayerPairs) -> pd.DataFrame:
         delta_m, delta_d = delta_m_delta_d(w0, w)
         rows.append({"layer": layer, "delta_m": delta_m, "delta_d": delta_d})
     return pd.DataFrame(rows, columns=["layer", "delta_m", "delta_d"])
-
-
-def analyse_checkpoints(checkpoints: Sequence[LayerPairs], names: Sequence[str] | None = None) -> pd.DataFrame:
-    """analyse_layers for several checkpoints of one run, stacked with a `checkpoint` column (index or name)."""
-    names = list(range(len(checkpoints))) if names is None else list(names)
-    if len(names) != len(checkpoints):
-        raise ValueError(f"{len(names)} names given for {len(checkpoints)} checkpoints; give one name each")
-    frames = [analyse_layers(pairs).assign(checkpoint=name) for name, pairs in zip(names, checkpoints)]
-    if not frames:
-        return pd.DataFrame(columns=["checkpoint", "layer", "delta_m", "delta_d"])
-    return pd.concat(frames, ignore_index=True)[["checkpoint", "layer", "delta_m", "delta_d"]]
 
 
 def delta_m_delta_d(w0: torch.Tensor, w: torch.Tensor) -> tuple[float, float]:
@@ -78,7 +67,7 @@ def correlation(df: pd.DataFrame) -> float:
 def scatter_plot(frames: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
     """One panel per method, ΔD on x and ΔM on y as in the DoRA paper, titled with the method's correlation.
 
-    Frames with a `checkpoint` column (from analyse_checkpoints) are coloured by checkpoint.
+    Frames with a `checkpoint` column are coloured by checkpoint.
     """
     fig, axes = new_figure(1, max(1, len(frames)), panel_size=(4.5, 4))
     for ax, (method, df) in zip(axes, frames.items()):

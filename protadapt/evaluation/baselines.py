@@ -10,7 +10,9 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"  # the 20 standard residues; feature order of composition_features
+from protadapt.data.io import STANDARD_AMINO_ACIDS
+
+AMINO_ACIDS = STANDARD_AMINO_ACIDS  # the 20 standard residues; feature order of composition_features
 
 _RESIDUE_INDEX = np.full(256, -1, dtype=np.int64)  # byte -> position in AMINO_ACIDS, -1 for anything else
 _RESIDUE_INDEX[np.frombuffer(AMINO_ACIDS.encode(), dtype=np.uint8)] = np.arange(20)

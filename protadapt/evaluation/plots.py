@@ -15,11 +15,12 @@ from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 
+from protadapt.evaluation.calibration import expected_calibration_error, reliability_bins
 from protadapt.evaluation.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 
-_STAGE_PREFIX = re.compile(r"^(inner_train|outer_val|train|val|valid|validation|test|predict)[_/]")
+_STAGE_PREFIX = re.compile(r"^(inner_train|train|val|valid|validation|test|predict)[_/]")
 _LIGHTNING_SUFFIX = re.compile(r"_(step|epoch)$")  # added by self.log(on_step=True, on_epoch=True)
 
 
@@ -118,3 +119,21 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=120)
     return path
+
+
+def plot_reliability_diagram(y_true: ArrayLike, probabilities: ArrayLike, path: str | Path, n_bins: int) -> Path:
+    """Accuracy vs confidence per equal-width bin (the diagonal is perfect calibration), rows per bin below."""
+    bins = reliability_bins(y_true, probabilities, n_bins)
+    ece = expected_calibration_error(y_true, probabilities, n_bins)
+    fig, (top, bottom) = new_figure(2, 1, panel_size=(5, 2.6))
+    width = 1.0 / n_bins
+    top.bar(bins["lower"], bins["accuracy"], width=width, align="edge", edgecolor="black", label="accuracy")
+    top.bar(bins["lower"], bins["confidence"] - bins["accuracy"], bottom=bins["accuracy"], width=width,
+            align="edge", color="red", alpha=0.3, label="gap to confidence")
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
+            title=f"ECE = {ece:.3f} ({n_bins} equal-width bins, n = {int(bins['count'].sum())})")
+    top.legend(loc="upper left", fontsize="small")
+    bottom.bar(bins["lower"], bins["count"], width=width, align="edge", edgecolor="black")
+    bottom.set(xlim=(0, 1), xlabel="confidence (probability of the predicted class)", ylabel="rows")
+    return save_figure(fig, path)

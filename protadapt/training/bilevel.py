@@ -24,13 +24,13 @@ from torch import nn
 
 from protadapt.adapters import linear_adapters
 from protadapt.config import HYPERGRADIENTS, BilevelConfig, OptimConfig
-from protadapt.heads import ProteinPredictor
-from protadapt.training.module import AdapterModule, decay_groups, warmup_schedule
+from protadapt.model import ProteinPredictor
+from protadapt.training.module import PredictorModule, decay_groups, warmup_schedule
 
 Loss = Callable[[], torch.Tensor]
 
 
-class BiDoRAModule(AdapterModule):
+class BiDoRAModule(PredictorModule):
     """The search phase. Batches are `{"inner_train": batch, "inner_val": batch}`."""
 
     def __init__(self, predictor: ProteinPredictor, optim: OptimConfig, bilevel: BilevelConfig):
@@ -169,16 +169,19 @@ def first_order_hypergradient(upper_loss: Loss, magnitudes: list[nn.Parameter]) 
 
 def reset_for_retraining(predictor: ProteinPredictor, seed: int) -> None:
     """BiDoRA's retrain phase: directions and head back to their initial state, magnitudes frozen."""
+    magnitudes = predictor.magnitude_parameters()
+    searched = [m.detach().clone() for m in magnitudes]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for layer in linear_adapters(predictor).values():
-            nn.init.kaiming_uniform_(layer.down, a=5 ** 0.5)
-            nn.init.zeros_(layer.up)
-            for magnitude in getattr(layer, "magnitude_parameters", list)():
-                magnitude.requires_grad_(False)
+            layer.reset_parameters()
         for module in predictor.head.modules():
             if isinstance(module, nn.Linear):
                 module.reset_parameters()
+    with torch.no_grad():
+        for magnitude, value in zip(magnitudes, searched):
+            magnitude.copy_(value)  # what the search found, kept bit for bit
+            magnitude.requires_grad_(False)
 
 
 def new_noise_seed() -> int:

@@ -1,4 +1,4 @@
-"""Single-level training (LoRA, DoRA, WeGeFT, prompt, full, head) as a `LightningModule`.
+"""Single-level training (every method but BiDoRA's search) as a `LightningModule`.
 
 The module holds the predictor and the step logic; data and splits come from the datamodule, and
 the loop, progress bars, checkpoints, precision and DDP from the `Trainer`.
@@ -13,12 +13,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from protadapt.config import SCHEDULES, OptimConfig
+from protadapt.config import OptimConfig
 from protadapt.evaluation.metrics import compute_metrics
-from protadapt.heads import ProteinPredictor
+from protadapt.model import ProteinPredictor
 
 
-class AdapterModule(L.LightningModule):
+class PredictorModule(L.LightningModule):
+    """Trains any single-level method (adapters, prompts, full, head): loss, steps, AdamW and its schedule."""
+
     def __init__(self, predictor: ProteinPredictor, optim: OptimConfig):
         super().__init__()
         self.predictor = predictor
@@ -45,23 +47,14 @@ class AdapterModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._collect("val", batch)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._collect("test", batch)
-
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"index": batch["index"].cpu(), "scores": scores(self.problem_type, self(batch["tokens"])).cpu()}
-
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
 
     def _collect(self, stage: str, batch: dict) -> None:
         output = self(batch["tokens"])
         loss = self.loss(output, batch["labels"])
         self._outputs.setdefault(stage, []).append(
-            (loss.detach() * len(output), scores(self.problem_type, output).detach(), batch["labels"].detach()))
+            (loss.detach() * len(output), self.predictor.scores(output).detach(), batch["labels"].detach()))
 
     def _log_metrics(self, stage: str) -> None:
         outputs = self._outputs.pop(stage, [])
@@ -103,11 +96,6 @@ def gather_rows(module: L.LightningModule, tensor: torch.Tensor) -> torch.Tensor
     return torch.cat([gathered[rank, : int(size)] for rank, size in enumerate(sizes)])
 
 
-def scores(problem_type: str, output: torch.Tensor) -> torch.Tensor:
-    """Class probabilities for classification, the value itself for regression."""
-    return output.float().softmax(-1) if problem_type == "classification" else output.float()
-
-
 def decay_groups(parameters: list[torch.nn.Parameter], weight_decay: float) -> list[dict]:
     """Weight decay on matrices only; biases, norms and magnitude vectors are not decayed."""
     matrices = [p for p in parameters if p.dim() >= 2]
@@ -116,13 +104,13 @@ def decay_groups(parameters: list[torch.nn.Parameter], weight_decay: float) -> l
                         {"params": vectors, "weight_decay": 0.0}) if g["params"]]
 
 
-def warmup_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig, total_steps: int,
-                    schedule: str | None = None) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over `warmup_fraction` of the steps, then cosine, linear or constant decay."""
+def warmup_schedule(optimizer: torch.optim.Optimizer, optim: OptimConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_fraction` of the steps, then cosine, linear or constant decay.
+
+    `optim.schedule` is one of `config.SCHEDULES`: `check_choices` rejected anything else at load."""
     warmup = int(optim.warmup_fraction * total_steps)
-    kind = schedule or optim.schedule
-    if kind not in SCHEDULES:
-        raise ValueError(f"unknown schedule '{kind}'; choose one of: {', '.join(SCHEDULES)}")
+    kind = optim.schedule
 
     def factor(step: int) -> float:
         if step < warmup:

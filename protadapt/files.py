@@ -1,0 +1,65 @@
+"""Files on disk: written all-or-nothing (a temporary file renamed into place), so a killed run leaves
+no half file; safetensors read with a one-line error."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import pandas as pd
+
+
+def read_safetensors(path: Path, error: type[Exception]) -> dict:
+    """The tensors of a safetensors file (no pickle); an unreadable file is one line of `error`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as problem:
+        first = (str(problem).strip().splitlines() or [""])[0]
+        raise error(f"{path}: not a readable safetensors file ({type(problem).__name__}: {first})") from None
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``df`` as CSV so that readers never see a half-written file (temp file + rename)."""
+    return write_atomic(Path(path), "w", lambda handle: df.to_csv(handle, index=False))
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write raw bytes all-or-nothing, the way `write_csv_atomic` writes tables."""
+    return write_atomic(Path(path), "wb", lambda handle: handle.write(data))
+
+
+def write_json_atomic(value: dict, path: str | os.PathLike) -> Path:
+    """Indented JSON with sorted keys and numpy numbers as plain numbers, all-or-nothing."""
+    text = json.dumps(value, indent=2, sort_keys=True, default=json_number) + "\n"
+    return write_atomic(Path(path), "w", lambda handle: handle.write(text))
+
+
+def json_number(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
+def write_atomic(path: Path, mode: str, write: Callable[[IO], object]) -> Path:
+    """Call `write(handle)` on a temporary file next to `path`, fsync it, then rename it onto `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, mode, **({"newline": ""} if "b" not in mode else {})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

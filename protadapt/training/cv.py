@@ -1,0 +1,72 @@
+"""`cross_validate`: k-fold (× repeats) `fit` runs on a task's training split, with a summary table."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from protadapt.config import RunConfig
+from protadapt.data.splits import identity_groups, kfold_splits
+from protadapt.data.tasks import Task, resolve_task
+from protadapt.files import write_csv_atomic
+from protadapt.training.distributed import global_rank
+from protadapt.training.run import fit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Folds:
+    """How the training split is cut: `folds` parts, the whole cut repeated with new seeds `repeats` times."""
+
+    folds: int = 5
+    repeats: int = 1
+
+
+def cross_validate(config: RunConfig, folds: Folds | None = None, out: str | Path | None = None) -> pd.DataFrame:
+    """k-fold (× repeats) CV on the task's training split; each fold does its own inner split."""
+    folds = folds or Folds()
+    if config.data.test_file:
+        log.warning("cv: data.test_file=%s is ignored; the folds come from data.train_file", config.data.test_file)
+    task = resolve_task(replace(config.data, test_file=None))
+    frame = task.load()
+    train = frame[frame["split"] == "train"].reset_index(drop=True)
+    groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
+        if config.data.identity_threshold else None
+    out = Path(out or Path(config.out) / f"cv-{task.name}-{config.adapter.method}-seed{config.seed}")
+    rows = []
+    splits = kfold_splits(train["label"].to_numpy(), folds.folds, repeats=folds.repeats, seed=config.seed,
+                          problem_type=task.problem_type, groups=groups)
+    from tqdm.auto import tqdm
+
+    progress = tqdm(list(splits), desc="cv folds", unit="fold", disable=config.quiet or global_rank() != 0)
+    for number, (train_idx, test_idx) in enumerate(progress):
+        repeat, fold = divmod(number, folds.folds)
+        result = fit(config, out / f"repeat{repeat}-fold{fold}", train=train.iloc[train_idx], test=train.iloc[test_idx])
+        if result.is_global_zero:
+            rows.append({"repeat": repeat, "fold": fold, **result.metrics["test"]})
+    if global_rank() != 0:
+        return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    write_csv_atomic(table, out / "folds.csv")
+    summary = summarise_folds(table)
+    write_csv_atomic(summary, out / "summary.csv")
+    (out / "summary.md").write_text(summary_markdown(summary, task, config, folds))
+    return table
+
+
+def summarise_folds(table: pd.DataFrame) -> pd.DataFrame:
+    metrics = [c for c in table.columns if c not in ("repeat", "fold")]
+    return pd.DataFrame({"metric": metrics, "mean": [table[m].mean() for m in metrics],
+                         "sd": [table[m].std(ddof=1) for m in metrics], "n": len(table)})
+
+
+def summary_markdown(summary: pd.DataFrame, task: Task, config: RunConfig, folds: Folds) -> str:
+    lines = [f"# Cross-validation: {task.name}, {config.adapter.method}",
+             "", f"{folds.folds} folds × {folds.repeats} repeat(s), seed {config.seed}, backbone {config.backbone}"
+             f"{' (random init)' if config.random_init else ''}.", "", "| metric | mean ± sd |", "|---|---|"]
+    lines += [f"| {r.metric} | {r.mean:.4f} ± {r.sd:.4f} |" for r in summary.itertuples()]
+    return "\n".join(lines) + "\n"
