@@ -1,6 +1,7 @@
 """Real pretrained weights, offline: AntiBERTy from the installed antiberty package (the test extra
 installs `antiberty==0.1.3` with --no-deps). Its states equal transformers' `BertModel` on the same
-file, it predicts masked bbb residues far better than its random-init twin, and fit → predict runs."""
+file, it recovers masked antibody residues its random-init twin cannot (on bbb peptides, outside its
+domain, it is near chance: both printed), and fit → predict → reload runs with DoRA."""
 
 from __future__ import annotations
 
@@ -98,15 +99,19 @@ def test_masked_residues_of_an_antibody_are_recovered(antiberty, heads):
 
 @pytest.mark.slow  # ~1 min on one CPU thread: 236 peptides through both models
 def test_masked_residue_accuracy_on_bbb_peptides(antiberty, heads):
-    """bbb peptides are far outside AntiBERTy's antibody domain: the real model beats its random twin,
-    but only modestly (measured 0.065 vs 0.040 at 1255 masked positions; always guessing the commonest
-    residue, L, scores 0.096). Frozen AntiBERTy embeddings still carry signal for bbb (README)."""
+    """bbb peptides are far outside AntiBERTy's antibody domain: there the real model is near chance
+    (measured 0.065 at 1255 masked positions; its random-init twin 0.04–0.06 depending on the random
+    head; always guessing the commonest residue, L, gives 0.096), far below what it does on an
+    antibody. Printed, and checked against the antibody control (a leak of the masked tokens would
+    push both towards 1)."""
     real_head, twin, random_head = heads
     sequences = get_task("bbb").load()["sequence"].tolist()
     real = masked_accuracy(antiberty, real_head, sequences)
     random = masked_accuracy(twin, random_head, sequences)
-    print(f"AntiBERTy masked-residue accuracy on {len(sequences)} bbb peptides: real {real:.3f}, random init {random:.3f}")
-    assert real > random + 0.015 and random < 0.06
+    antibody = masked_accuracy(antiberty, real_head, [ANTIBODY], 7)
+    print(f"AntiBERTy masked-residue accuracy on {len(sequences)} bbb peptides: real {real:.3f}, random init {random:.3f}; "
+          f"on IGHV3-23: real {antibody:.3f}")
+    assert abs(real - 0.065) < 0.01 and random < 0.1 and real < antibody / 5
 
 
 def test_package_layout_is_required_in_one_line(tmp_path):
