@@ -5,7 +5,7 @@ adapter methods keep W0 as `base_layer.weight` and give W by `effective_weight()
 saves W itself, and W0 comes from the backbone rebuilt from the run's metadata (a random-init
 backbone is seeded, so it is rebuilt bit for bit; a pretrained one is loaded again). The final
 weights and every Lightning checkpoint under `checkpoints/<phase>/` are analysed; ΔM, ΔD and the
-correlation come from `protadapt.evaluation.analysis`.
+per-matrix-type slope and r come from `protadapt.evaluation.analysis`.
 """
 
 from __future__ import annotations
@@ -18,25 +18,31 @@ import torch
 
 from protadapt.adapters import find_targets, linear_adapters
 from protadapt.adapters.registry import METHODS
+from protadapt.evaluation.analysis import LayerPairs, analyse_layers, by_matrix_type, matrix_type
+from protadapt.evaluation.plots import plot_delta_m_delta_d
 from protadapt.files import write_csv_atomic
-from protadapt.evaluation.analysis import LayerPairs, analyse_layers, correlation, scatter_plot
 from protadapt.model import ProteinPredictor, backbone_from_metadata
 
 FINAL = "final"  # checkpoint name of the run's saved adapter.safetensors
 
 
 def analyse_runs(paths: Sequence[str | Path], out: str | Path) -> pd.DataFrame:
-    """Analyse every run under `paths`; write the per-layer CSV, the correlations CSV and the figure."""
+    """Analyse every run under `paths`; write the per-layer CSV, the per-matrix-type slopes and r, and the figure.
+
+    `delta_m_delta_d.csv`: one row per run × checkpoint × layer; `correlations.csv`: per method
+    and matrix type over layers × checkpoints × runs, the slope of ΔM on ΔD and Pearson r;
+    `delta_m_delta_d.png`: one panel per method and matrix type, points coloured by checkpoint.
+    """
     out = Path(out)
     runs = find_runs(paths)
     if not runs:
         raise ValueError(f"no run directory (with adapter.json) under {', '.join(map(str, paths))}")
     layers = pd.concat([analyse_run(run) for run in runs], ignore_index=True)
-    correlations = correlation_table(layers)
+    layers.insert(layers.columns.get_loc("layer") + 1, "matrix_type", layers["layer"].map(matrix_type))
+    correlations = by_matrix_type(layers)
     write_csv_atomic(layers, out / "delta_m_delta_d.csv")
     write_csv_atomic(correlations, out / "correlations.csv")
-    final = layers[layers["checkpoint"] == FINAL]
-    scatter_plot({method: points for method, points in final.groupby("method", sort=False)}, out / "delta_m_delta_d.png")
+    plot_delta_m_delta_d(layers, out / "delta_m_delta_d.png")
     return correlations
 
 
@@ -54,18 +60,19 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def analyse_run(run_dir: str | Path) -> pd.DataFrame:
-    """ΔM and ΔD per adapted layer for the final weights and each saved checkpoint of one run."""
+    """ΔM and ΔD per adapted layer for each saved checkpoint (in the order written), then the final weights."""
     run_dir = Path(run_dir)
     predictor, metadata = ProteinPredictor.load(run_dir)
     method = predictor.adapter_config.method
     pretrained = pretrained_weights(predictor, metadata) if predictor.method.trains_backbone else None
-    frames = [analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=FINAL)]
-    for checkpoint in sorted(run_dir.glob("checkpoints/*/*.ckpt")):
+    final = analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=FINAL)
+    frames = []
+    for checkpoint in sorted(run_dir.glob("checkpoints/*/*.ckpt"), key=lambda path: path.stat().st_mtime_ns):
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
         predictor.load_state_dict({k.removeprefix("predictor."): v for k, v in state.items()}, strict=False)
         name = f"{checkpoint.parent.name}/{checkpoint.stem}"
         frames.append(analyse_layers(layer_pairs(predictor, pretrained)).assign(checkpoint=name))
-    layers = pd.concat(frames, ignore_index=True)
+    layers = pd.concat([*frames, final], ignore_index=True)
     if layers.empty:
         usable = [m.name for m in METHODS.values() if m.layer is not None or m.trains_backbone]
         raise ValueError(f"{run_dir}: method '{method}' adapts no linear layer; ΔM/ΔD needs {', '.join(usable)}")
@@ -88,14 +95,3 @@ def pretrained_weights(predictor: ProteinPredictor, metadata: dict) -> dict[str,
     fresh = backbone_from_metadata(metadata["backbone"]).model
     names = find_targets(fresh, predictor.adapter_config.target_patterns(predictor.backbone.architecture))
     return {name: fresh.get_submodule(name).weight.detach().clone() for name in names}
-
-
-def correlation_table(layers: pd.DataFrame) -> pd.DataFrame:
-    """Pearson r of ΔM vs ΔD per method and checkpoint: layers of all runs pooled, and the mean per-run r."""
-    rows = []
-    for (method, checkpoint), points in layers.groupby(["method", "checkpoint"], sort=False):
-        per_run = [correlation(run_points) for _, run_points in points.groupby("run")]
-        rows.append({"method": method, "checkpoint": checkpoint, "runs": len(per_run), "layers": len(points),
-                     "r_pooled": correlation(points), "r_mean_per_run": pd.Series(per_run, dtype=float).mean(),
-                     "delta_m_mean": points["delta_m"].mean(), "delta_d_mean": points["delta_d"].mean()})
-    return pd.DataFrame(rows)

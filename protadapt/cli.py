@@ -57,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("run_dir")
     predict.add_argument("input", help="FASTA, CSV or TSV of sequences")
     predict.add_argument("-o", "--output", help="CSV to write (default: INPUT_STEM.predictions.csv here)")
-    predict.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     predict.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
     _add_inference_options(predict)
     predict.add_argument("--quiet", action="store_true")
@@ -67,7 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir")
     evaluate.add_argument("input", help="labelled FASTA, CSV or TSV")
     evaluate.add_argument("-o", "--output", help="also write the metrics as JSON here")
-    evaluate.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     _add_inference_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
@@ -93,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--out", default="analysis", help="directory for the CSVs and the figure")
     analyze.set_defaults(handler=_analyze)
     _add_serve(commands)
+    _add_export(commands)
+    _add_embed(commands)
     return parser
 
 
@@ -124,7 +124,17 @@ def _add_serve(commands) -> None:
     serve.set_defaults(handler=_serve)
 
 
+def _add_export(commands) -> None:
+    export = commands.add_parser("export", help="a trained run as a PEFT adapter, a merged HF model (+ its head) or ONNX")
+    export.add_argument("run_dir")
+    export.add_argument("--format", required=True, choices=["peft", "merged", "onnx"], help="what to write")
+    export.add_argument("-o", "--out", required=True, help="output directory (must not exist, or be empty)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    export.set_defaults(handler=_export)
+
+
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, …")
     parser.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"],
                         help="autocast dtype for the forward (bf16/fp16: faster on recent GPUs)")
@@ -214,6 +224,54 @@ def _analyze(args: argparse.Namespace) -> int:
     correlations = analyse_runs(args.run_dirs, args.out)
     print(correlations.to_string(index=False))
     print(f"wrote {args.out}/delta_m_delta_d.csv, correlations.csv and delta_m_delta_d.png")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from protadapt.export import export_run
+
+    out = export_run(args.run_dir, args.out, args.format, overwrite=args.overwrite)
+    print(f"wrote {args.format} export of {args.run_dir} to {out} (see {out}/README.md)")
+    return 0
+
+
+def _add_embed(commands) -> None:
+    embed = commands.add_parser("embed", help="pooled (and per-residue) embeddings of a FASTA/CSV file")
+    embed.add_argument("input", help="FASTA, CSV or TSV of sequences")
+    embed.add_argument("-o", "--output", required=True, help="file to write: .npz, .h5 (needs h5py) or .parquet (needs pyarrow)")
+    source = embed.add_mutually_exclusive_group(required=True)
+    source.add_argument("--backbone", help="fair-esm name, .pt file, HF directory, or tiny")
+    source.add_argument("--run", help="a run directory: embed with its trained adapters merged in")
+    embed.add_argument("--random-init", action="store_true", help="the backbone's architecture with random weights")
+    embed.add_argument("--layers", default="-1", help="comma-separated layers: 0 embeddings … N last, -1 the last")
+    embed.add_argument("--pooling", default="mean", help="mean, bos, or both as mean,bos")
+    embed.add_argument("--per-residue", action="store_true", help="also every residue's vector (.npz/.h5)")
+    embed.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
+    embed.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
+    embed.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, …")
+    embed.set_defaults(handler=_embed)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from protadapt.adapters import merge_adapters
+    from protadapt.backbones import load_backbone
+    from protadapt.data.io import read_sequences
+    from protadapt.embeddings.command import embed_file
+    from protadapt.inference import pick_device
+    from protadapt.model import ProteinPredictor
+
+    if args.run:
+        predictor, _ = ProteinPredictor.load(args.run)
+        merge_adapters(predictor)
+        backbone = predictor.backbone
+    else:
+        backbone = load_backbone(args.backbone, random_init=args.random_init)
+    frame = read_sequences(args.input, require_labels=False, truncate=args.truncate, max_length=backbone.max_residues)
+    backbone.to(pick_device(args.device))
+    layers = [int(layer) for layer in args.layers.split(",")]
+    output = embed_file(backbone, frame, args.output, layers, args.pooling.split(","), args.per_residue,
+                        **_batch_size(args))
+    print(f"wrote embeddings of {len(frame)} sequences to {output}")
     return 0
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from protadapt.adapters import method_names
 from protadapt.config import RunConfig
-from protadapt.data.splits import kfold_splits
+from protadapt.data.splits import kfold_splits, split_groups
 from protadapt.data.tasks import resolve_task
 from protadapt.evaluation.baselines import BASELINES, run_baseline
 from protadapt.evaluation.metrics import compute_metrics
@@ -29,6 +29,8 @@ from protadapt.files import write_csv_atomic, write_json_atomic
 from protadapt.training.run import fit
 
 log = logging.getLogger(__name__)
+
+PROBE = "probe"  # the frozen-embedding baseline: a row of every comparison, beside majority and composition
 
 
 @dataclass
@@ -100,20 +102,22 @@ def plan(base: RunConfig, grid: Grid, out: Path):
         train_split = frame[frame["split"] == "train"].reset_index(drop=True)
         train_pool = subsample(train_split, (grid.max_train or {}).get(task_name), task.problem_type)
         test_split = frame[frame["split"] == "test"].reset_index(drop=True)
+        groups = split_groups(train_pool, task_config.data) if grid.cv else None
         for seed in grid.seeds:
-            for fold, train, test in cell_splits(train_pool, test_split, grid.cv, seed, task.problem_type):
-                for method in [*grid.methods, *grid.baselines]:
+            for fold, train, test in cell_splits(train_pool, test_split, grid.cv, seed, task.problem_type, groups):
+                for method in [*dict.fromkeys([*grid.methods, PROBE]), *grid.baselines]:
                     config = replace(task_config, seed=seed, adapter=replace(task_config.adapter, method=method))
                     yield Cell(cell_dir(out, task_name, method, seed, fold), config, task.problem_type, fold,
                                train, test, len(train_split))
 
 
-def cell_splits(train: pd.DataFrame, test: pd.DataFrame, cv: int | None, seed: int, problem_type: str):
-    """(fold, train, test) per cell: the task's own split, or K folds of the training split for this seed."""
+def cell_splits(train: pd.DataFrame, test: pd.DataFrame, cv: int | None, seed: int, problem_type: str,
+                groups: np.ndarray | None = None):
+    """(fold, train, test) per cell: the task's own split, or K folds (groups kept whole) of the training split."""
     if not cv:
         yield None, train, test
         return
-    folds = kfold_splits(train["label"].to_numpy(), cv, seed=seed, problem_type=problem_type)
+    folds = kfold_splits(train["label"].to_numpy(), cv, seed=seed, problem_type=problem_type, groups=groups)
     for fold, (train_idx, test_idx) in enumerate(folds):
         yield fold, train.iloc[train_idx].reset_index(drop=True), train.iloc[test_idx].reset_index(drop=True)
 
@@ -183,7 +187,9 @@ def cell_row(cell: Cell) -> dict:
             "max_epochs": None if baseline else cell.config.optim.max_epochs,
             "trainable_params": run.get("trainable_params"), "wall_time_s": run.get("wall_time_s"),
             "peak_rss_mb": run.get("cell_peak_rss_mb"), "backbone": None if baseline else run.get("backbone"),
-            "pretrained": None if baseline else run.get("pretrained"), **metrics}
+            "pretrained": None if baseline else run.get("pretrained"),
+            "predictions": str(cell.path / "predictions.csv") if (cell.path / "predictions.csv").exists() else None,
+            **metrics}
 
 
 def parse_seeds(text: str) -> list[int]:

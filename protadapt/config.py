@@ -14,12 +14,13 @@ from typing import Any, get_type_hints
 import yaml
 
 from protadapt.adapters import AdapterConfig, method_names
+from protadapt.embeddings.cache import CacheConfig
 from protadapt.heads import POOLINGS, HeadConfig
 
 
 SCHEDULES = ("cosine", "linear", "constant")
-# forward + backward passes per upper step beyond the lower step's own: 3, 2 and 1 (results/train_step.md)
-HYPERGRADIENTS = ("darts", "darts_one_sided", "first_order")
+# forward + backward passes per upper step beyond the lower step's own: 3, 2, 3 and 1 (results/train_step.md)
+HYPERGRADIENTS = ("darts", "darts_one_sided", "darts_unrolled", "first_order")
 LOGGERS = ("csv", "tensorboard", "none")
 
 
@@ -35,6 +36,7 @@ class DataConfig:
     problem_type: str | None = None  # custom task: classification | regression (inferred if None)
     val_fraction: float = 0.2  # inner validation split carved from train (BiDoRA's upper level)
     identity_threshold: float | None = None  # group near-duplicates so they never straddle splits
+    group_by: str | None = None  # a column (e.g. organism) whose equal values share a group, like identity groups
     truncate: bool = False  # truncate sequences longer than the backbone allows (else an error)
     sequence_column: str = "sequence"  # custom task: table column names
     label_column: str = "label"  # also the FASTA header key (>id label=1) and the labels_file column
@@ -60,16 +62,23 @@ class OptimConfig:
 
 @dataclass
 class BilevelConfig:
-    """BiDoRA (methods.md): directions on inner_train, magnitudes on inner_val, then retraining."""
+    """BiDoRA (methods.md): directions on inner_train, magnitudes on inner_val, then retraining.
 
-    hypergradient: str = "darts"  # darts | darts_one_sided | first_order
+    Both phases run fixed budgets, as the official code does: the search `optim.max_epochs` epochs
+    with no early stopping and no best-checkpoint pick (inner_val trains the magnitudes, so it
+    cannot also choose the epoch), the retrain `retrain_epochs`.
+    """
+
+    hypergradient: str = "darts"  # darts (Betty's) | darts_one_sided | darts_unrolled (DARTS paper) | first_order
     unroll_steps: int = 1  # lower steps per upper step
-    arch_lr: float = 1e-3  # upper-level (magnitude) learning rate
-    arch_weight_decay: float = 0.0
+    unrolled_xi: float | None = None  # darts_unrolled: ξ of the virtual step (default: the lower lr)
+    magnitude_lr: float = 1e-3  # upper-level (magnitude) learning rate (official arch_lr)
+    magnitude_weight_decay: float = 0.0  # (official arch_weight_decay)
     orthogonality: float = 1e-5  # λ of the regulariser R (official reg_loss_d)
     retrain: bool = True  # retrain directions + head on all training data, magnitudes fixed
-    retrain_epochs: int | None = None  # default: the epochs the search phase ran
+    retrain_epochs: int | None = None  # default: optim.max_epochs, the search budget
     retrain_lr: float | None = None  # default: optim.lr
+    retrain_orthogonality: bool = True  # keep λ·R in the retrain loss, as the official code does
 
 
 @dataclass
@@ -99,6 +108,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     bilevel: BilevelConfig = field(default_factory=BilevelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)  # frozen embeddings (probe, head), shared by runs
 
     def to_dict(self) -> dict:
         return _plain(asdict(self))

@@ -8,6 +8,8 @@ import torch
 
 from protadapt.adapters import merge_adapters, unmerge_adapters
 from protadapt.data.datamodule import make_loader
+from protadapt.embeddings.cache import EmbeddingCache
+from protadapt.embeddings.extract import pooled_embeddings
 from protadapt.evaluation.metrics import compute_metrics
 from protadapt.model import ProteinPredictor
 
@@ -26,14 +28,17 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: int = 32,
-                   progress: bool = False, precision: str = "32") -> np.ndarray:
+                   progress: bool = False, precision: str = "32", cache: EmbeddingCache | None = None) -> np.ndarray:
     """Class probabilities `[N, C]` or values `[N]`, in the row order of `frame`.
 
     `precision` "bf16" / "fp16" runs the forward under autocast on the predictor's device (CUDA or
-    CPU); scores come back as float32 either way.
+    CPU); scores come back as float32 either way. With a `cache`, a method whose output is the head
+    on frozen pooled states (probe, head) takes those states from it: a sequence is embedded once.
     """
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(AUTOCAST_DTYPES)}")
+    if cache is not None and predictor.method.frozen_features and precision == "32":
+        return cached_scores(predictor, frame, batch_size, cache)
     loader = make_loader(frame.reset_index(drop=True), predictor.backbone.alphabet, batch_size=batch_size,
                          shuffle=False, seed=0, problem_type=predictor.problem_type)
     device = next(predictor.parameters()).device
@@ -58,6 +63,22 @@ def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
     return ordered
 
 
+def cached_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: int,
+                  cache: EmbeddingCache) -> np.ndarray:
+    """The head on cached pooled embeddings: the same numbers as the forward, without re-embedding."""
+    pooled = pooled_embeddings(predictor.backbone, frame["sequence"].tolist(), (-1,), predictor.head_config.pooling,
+                               batch_size, cache)
+    device = next(predictor.parameters()).device
+    was_training = predictor.training
+    predictor.eval()
+    try:
+        with torch.inference_mode():
+            output = predictor.head(torch.from_numpy(next(iter(pooled.values()))).to(device))
+            return predictor.scores(output).cpu().numpy()
+    finally:
+        predictor.train(was_training)
+
+
 def evaluate_frame(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: int = 32,
                    scores: np.ndarray | None = None, precision: str = "32") -> dict[str, float]:
     """The predictor's metrics on a labelled frame (`scores`: its predictions, when already made)."""
@@ -69,8 +90,8 @@ def evaluate_frame(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
 def prediction_frame(predictor: ProteinPredictor, frame: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
     """One row per record: id, prediction, class probabilities (or the value), and the label if known."""
     out = pd.DataFrame({"id": frame["id"].to_numpy()})
-    if predictor.problem_type == "classification":
-        labels = predictor.labels
+    labels = predictor.labels if predictor.problem_type == "classification" else []
+    if labels:
         out["prediction"] = [labels[i] for i in scores.argmax(1)]
         for column, label in enumerate(labels):
             out[f"prob_{label}"] = scores[:, column].round(6)

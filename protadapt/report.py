@@ -1,9 +1,12 @@
 """`comparison.md`: the comparison table shaped like the BiDoRA paper's Table 4, with its statistics.
 
 Per task: each metric as mean ± sd over runs, trainable parameters, and for each method against
-the reference (BiDoRA) a paired Wilcoxon signed-rank p and a bootstrap 95 % CI of the mean
-difference, paired on seed (and fold). The header says what ran: backbone, pretrained or random
-init, seeds, machine and wall time, so a CPU run is never mistaken for the paper.
+the reference (BiDoRA) the mean paired difference with its t-interval (Nadeau–Bengio under CV),
+the Wilcoxon signed-rank p (Nadeau–Bengio p under CV) and Holm-adjusted p over the table; on a
+fixed test set also McNemar's and DeLong's tests per seed from the cells' predictions.csv (the
+`predictions` column, read relative to the working directory). With several tasks, a Wilcoxon
+over (task, seed) pairs. The header says what ran: backbone, pretrained or random init, seeds,
+machine and wall time, so a CPU run is never mistaken for the paper.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ from __future__ import annotations
 import math
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import pandas as pd
 import torch
 
 from protadapt.evaluation.baselines import BASELINES
-from protadapt.evaluation.statistics import compare_to_reference, summarise
+from protadapt.evaluation.statistics import across_tasks, compare_to_reference, holm, summarise, wilcoxon_min_p
+from protadapt.evaluation.testset import compare_predictions
 
 SHOWN_METRICS = {"classification": ("accuracy", "f1", "mcc", "auroc"), "regression": ("mse", "mae", "pearson", "spearman")}
 TESTED_METRICS = {"classification": ("accuracy", "f1"), "regression": ("mse",)}  # the paper's Table 4 columns
@@ -32,6 +37,7 @@ def comparison_markdown(table: pd.DataFrame, *, reference: str = "bidora", comma
     lines += [f"- {note}" for note in notes]
     for task, runs in table.groupby("task", sort=False):
         lines += ["", *task_section(str(task), runs, reference)]
+    lines += across_tasks_section(table, reference)
     return "\n".join(lines) + "\n"
 
 
@@ -49,25 +55,112 @@ def task_section(task: str, runs: pd.DataFrame, reference: str = "bidora") -> li
                      f"{_mean(method_runs['peak_rss_mb'], 0)} |")
     if reference not in set(runs["method"]):
         return lines + ["", f"No {reference} runs: no paired comparison."]
-    pair_on = ["seed", "fold"] if runs["fold"].notna().any() else ["seed"]
-    lines += ["", f"Paired against **{reference}** over matched {' and '.join(pair_on)}s: difference = method − "
-              f"{reference} (mean and 95 % bootstrap CI, 10 000 resamples of the pairs), two-sided Wilcoxon "
-              "signed-rank p.", "",
-              "| method | " + " | ".join(f"Δ {m} [95 % CI] | p ({m})" for m in TESTED_METRICS[problem_type])
-              + " | pairs |", "|---" * (2 * len(TESTED_METRICS[problem_type]) + 2) + "|"]
-    tests = {m: compare_to_reference(runs, m, reference, pair_on).set_index("method")
-             for m in TESTED_METRICS[problem_type] if m in runs.columns}
-    for method in runs["method"].unique():
-        if method == reference:
-            continue
+    lines += ["", *paired_section(runs, reference, problem_type)]
+    return lines + test_set_section(runs, reference)
+
+
+def paired_section(runs: pd.DataFrame, reference: str, problem_type: str) -> list[str]:
+    """Method − reference per tested metric: mean and CI, p, Holm-adjusted p over the table, pairs."""
+    cv = runs["fold"].notna().any()
+    pair_on = ["seed", "fold"] if cv else ["seed"]
+    ratio = float((runs["n_test"] / runs["n_train"]).mean()) if cv else None
+    metrics = [m for m in TESTED_METRICS[problem_type] if m in runs.columns]
+    tests = {m: compare_to_reference(runs, m, reference, pair_on, ratio).set_index("method") for m in metrics}
+    methods = [m for m in runs["method"].unique() if m != reference]
+    p_column = "p_nb" if cv else "p_value"
+    adjusted = holm([tests[m].loc[method, p_column] for method in methods for m in metrics])
+    holm_of = dict(zip([(method, m) for method in methods for m in metrics], adjusted))
+    n_test = int(runs["n_test"].iloc[0]) if not cv and runs["n_test"].nunique() == 1 else None
+    lines = [_paired_method_text(reference, pair_on, ratio, len(adjusted), n_test), "",
+             "| method | " + " | ".join(f"Δ {m} [95 % CI] | p ({m}) | Holm p ({m})" for m in metrics) + " | pairs |",
+             "|---" * (3 * len(metrics) + 2) + "|"]
+    for method in methods:
         cells = []
         for metric, result in tests.items():
             row = result.loc[method]
-            cells += [f"{_signed(row.diff_mean, _digits(metric))} [{_signed(row.diff_ci_low, _digits(metric))}, "
-                      f"{_signed(row.diff_ci_high, _digits(metric))}]", format_p(row.p_value)]
-        pairs = int(next(iter(tests.values())).loc[method].n_pairs)
-        lines.append(f"| {_label(method, reference)} | " + " | ".join(cells) + f" | {pairs} |")
+            digits = _digits(metric)
+            rows_text = f" ({row.diff_mean * n_test:+.1f} of {n_test})" if n_test and metric == "accuracy" and \
+                not math.isnan(row.diff_mean) else ""
+            cells += [f"{_signed(row.diff_mean, digits)}{rows_text} [{_signed(row.diff_ci_low, digits)}, "
+                      f"{_signed(row.diff_ci_high, digits)}]", format_p(row[p_column]),
+                      format_p(holm_of[(method, metric)])]
+        lines.append(f"| {_label(method, reference)} | " + " | ".join(cells)
+                     + f" | {int(next(iter(tests.values())).loc[method].n_pairs)} |")
+    if not cv:
+        lines += wilcoxon_floor_notes(int(tests[m].loc[method, "n_nonzero"]) for method in methods for m in metrics)
     return lines
+
+
+def test_set_section(runs: pd.DataFrame, reference: str) -> list[str]:
+    """Per seed on the fixed test set: McNemar's exact test and, for two classes, DeLong's test of AUROC."""
+    if "predictions" not in runs.columns or runs["fold"].notna().any() or "accuracy" not in runs.columns:
+        return []
+    order = {method: index for index, method in enumerate(runs["method"].unique())}
+    files = {(r.method, r.seed): Path(r.predictions) for r in runs.sort_values("seed").itertuples()
+             if isinstance(r.predictions, str) and Path(r.predictions).exists()}
+    files = dict(sorted(files.items(), key=lambda item: order[item[0][0]]))  # by method, then seed
+    rows = []
+    for (method, seed), path in files.items():
+        if method != reference and (reference, seed) in files:
+            result = compare_predictions(pd.read_csv(path), pd.read_csv(files[(reference, seed)]))
+            rows.append(f"| {_label(method, reference)} | {seed} | {result['only_method']} / "
+                        f"{result['only_reference']} of {result['n_rows']} | {format_p(result['p_mcnemar'])} | "
+                        f"{_signed(result['auroc_diff'], 3)} | {format_p(result['p_delong'])} |")
+    if not rows:
+        return []
+    return ["", f"Same test rows, one seed at a time: rows only the method / only {reference} got right, McNemar's "
+            f"exact p, and Δ AUROC (method − {reference}) with DeLong's p (two classes only). These test two fitted "
+            "models on one test set; the seeds share those rows, so their p-values are not independent and are not "
+            "combined — the seed-level test above is the test of the method.", "",
+            f"| method | seed | right only method / only {reference} | McNemar p | Δ AUROC | DeLong p |",
+            "|---|---|---|---|---|---|", *rows]
+
+
+def across_tasks_section(table: pd.DataFrame, reference: str) -> list[str]:
+    """When several tasks ran: Wilcoxon over (task, seed) pairs of each method against the reference."""
+    metric_of = {}
+    for task, runs in table.groupby("task", sort=False):
+        classification = "accuracy" in runs.columns and runs["accuracy"].notna().any()
+        metric_of[task] = ("accuracy", True) if classification else ("mse", False)
+    if len(metric_of) < 2 or reference not in set(table["method"]):
+        return []
+    result = across_tasks(table, reference, metric_of)
+    result["holm"] = holm(result["p_value"])
+    metric_text = ", ".join(f"{task}: {'' if up else '−'}{metric}" for task, (metric, up) in metric_of.items())
+    lines = ["", "## All tasks: paired over (task, seed)", "",
+             f"Each (task, seed) result against {reference}'s, the paper's pairing unit ({metric_text}; CV folds "
+             f"averaged per seed); better / worse counts the pairs where the method beat / lost to {reference}; "
+             "two-sided Wilcoxon signed-rank p over the pairs (ranks mix the tasks' scales) and Holm over the "
+             "methods.", "", "| method | tasks | pairs | better / worse / tied | p | Holm p |", "|---|---|---|---|---|---|"]
+    for row in result.itertuples():
+        lines.append(f"| {_label(row.method, reference)} | {row.tasks} | {row.n_pairs} | {row.wins} / {row.losses} / "
+                     f"{row.ties} | {format_p(row.p_value)} | {format_p(row.holm)} |")
+    return lines + wilcoxon_floor_notes(result["wins"] + result["losses"])
+
+
+def wilcoxon_floor_notes(nonzero_counts: Iterable[int]) -> list[str]:
+    """A note for each number of nonzero differences whose smallest attainable Wilcoxon p exceeds 0.05."""
+    floors = sorted({int(n) for n in nonzero_counts if 0 < n and wilcoxon_min_p(int(n)) > 0.05})
+    return ["", *(f"- With {n} nonzero paired difference{'s' * (n != 1)} the smallest two-sided Wilcoxon p is "
+                  f"{format_p(wilcoxon_min_p(n))} > 0.05: no difference, however large, can reach p < 0.05 "
+                  "with this many pairs." for n in floors)] if floors else []
+
+
+def _paired_method_text(reference: str, pair_on: list[str], ratio: float | None, family: int,
+                        n_test: int | None) -> str:
+    """The sentence that says exactly which interval and which tests the paired table holds."""
+    pairs = " and ".join(pair_on)
+    if ratio is not None:
+        tests = (f"mean and 95 % Nadeau–Bengio corrected interval; p: Nadeau–Bengio corrected resampled t-test "
+                 f"(variance × (1/J + n_test/n_train), n_test/n_train = {ratio:.3f}, J − 1 df), as the folds of "
+                 "one seed share training rows")
+    else:
+        tests = ("mean and 95 % Student t-interval (n − 1 df); p: two-sided Wilcoxon signed-rank (exact for these n; "
+                 "differences below 1e-12 × the values' scale count as zero, closer |differences| as ties)")
+    rows = (f"; Δ accuracy also in test rows (+1.0 of {n_test}: one more of the {n_test} rows right, mean over seeds)"
+            if n_test else "")
+    return (f"Paired against **{reference}** over matched {pairs}s: difference = method − {reference}, {tests}; "
+            f"Holm p: adjusted over the table's {family} comparisons{rows}.")
 
 
 def mean_sd(values: pd.Series, digits: int = 3) -> str:

@@ -12,6 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 os.environ.setdefault("PROTADAPT_DATA_DIR", str(SHARED / "data"))
 os.environ.setdefault("MPLBACKEND", "Agg")
+if "PROTADAPT_CACHE_DIR" not in os.environ:  # the embedding cache of the probe and head runs: not the user's
+    import tempfile
+
+    os.environ["PROTADAPT_CACHE_DIR"] = tempfile.mkdtemp(prefix="protadapt-test-cache-")
 
 
 @pytest.fixture

@@ -373,6 +373,6 @@ def test_overrides_may_follow_options(tmp_path, capsys):
 
 def test_exponent_floats_are_numbers():
     """YAML 1.1 reads `1e-4` (no dot) as a string; the config must still get a float."""
-    config = load_config(None, ["optim.lr=1e-4", "bilevel.arch_lr=2", "bilevel.retrain_lr=5E-5"])
-    assert (config.optim.lr, config.bilevel.arch_lr, config.bilevel.retrain_lr) == (1e-4, 2.0, 5e-5)
-    assert all(isinstance(v, float) for v in (config.optim.lr, config.bilevel.arch_lr, config.bilevel.retrain_lr))
+    config = load_config(None, ["optim.lr=1e-4", "bilevel.magnitude_lr=2", "bilevel.retrain_lr=5E-5"])
+    assert (config.optim.lr, config.bilevel.magnitude_lr, config.bilevel.retrain_lr) == (1e-4, 2.0, 5e-5)
+    assert all(isinstance(v, float) for v in (config.optim.lr, config.bilevel.magnitude_lr, config.bilevel.retrain_lr))

@@ -65,7 +65,7 @@ def test_batch_shapes_padding_and_label_types(alphabet):
         assert (batch["tokens"][row, 1 : length + 1] != alphabet.padding_idx).all()
     assert batch["labels"].dtype == torch.long and batch["labels"].shape == (8,)
     assert batch["index"].dtype == torch.long
-    regression = next(iter(make_loader(random_frame(regression=True), alphabet, 8, shuffle=False, problem_type="regression", **SPLIT)))
+    regression = next(iter(make_loader(random_frame(regression=True), alphabet, 8, shuffle=False, problem_type="regression")))
     assert regression["labels"].dtype == torch.float32
 
 

@@ -1,13 +1,15 @@
 """Split invariants over many seeds: disjoint, complete, every class on every side, groups whole."""
 
-from itertools import combinations
+import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protadapt.data.splits import SplitError, identity_groups, inner_split, kfold_splits, stratified_holdout
+from protadapt.config import DataConfig
+from protadapt.data.splits import SplitError, column_groups, inner_split, kfold_splits, merge_groups, split_groups
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 seeds = st.integers(0, 2**31 - 1)
@@ -39,27 +41,27 @@ def assert_groups_whole(groups, train, test):
     assert not set(groups[train]) & set(groups[test])
 
 
-# --- holdout / inner split -----------------------------------------------------------------
+# --- inner split -----------------------------------------------------------------
 
 
 @SETTINGS
 @given(labels=class_labels(), fraction=fractions, seed=seeds)
-def test_holdout_classification_invariants(labels, fraction, seed):
-    train, test = stratified_holdout(labels, fraction, seed, "classification")
+def test_inner_split_classification_invariants(labels, fraction, seed):
+    train, test = inner_split(labels, fraction, seed, problem_type="classification")
     assert_partition(train, test, len(labels))
     for label in np.unique(labels):
         count = (labels == label).sum()
         assert (labels[test] == label).sum() == np.clip(np.rint(count * fraction), 1, count - 1)
         assert (labels[train] == label).sum() >= 1
-    again = stratified_holdout(labels, fraction, seed, "classification")
+    again = inner_split(labels, fraction, seed, problem_type="classification")
     assert np.array_equal(again[1], test)
 
 
 @SETTINGS
 @given(values=st.lists(st.floats(-5, 5, allow_nan=False), min_size=4, max_size=200), fraction=fractions, seed=seeds)
-def test_holdout_regression_bins_balanced(values, fraction, seed):
+def test_inner_split_regression_bins_balanced(values, fraction, seed):
     labels = np.array(values)
-    train, test = stratified_holdout(labels, fraction, seed, "regression")
+    train, test = inner_split(labels, fraction, seed, problem_type="regression")
     assert_partition(train, test, len(labels))
     bins = min(5, len(labels) // 2)
     ranks = np.argsort(np.argsort(labels, kind="stable"), kind="stable")
@@ -71,24 +73,24 @@ def test_holdout_regression_bins_balanced(values, fraction, seed):
 
 @SETTINGS
 @given(data=grouped_labels(), fraction=fractions, seed=seeds)
-def test_holdout_with_groups_keeps_groups_whole(data, fraction, seed):
+def test_inner_split_with_groups_keeps_groups_whole(data, fraction, seed):
     labels, groups = data
     try:
-        train, test = stratified_holdout(labels, fraction, seed, "classification", groups=groups)
+        train, test = inner_split(labels, fraction, seed, problem_type="classification", groups=groups)
     except SplitError as error:
         assert "without splitting a group" in str(error)
         return
     assert_partition(train, test, len(labels))
     assert_groups_whole(groups, train, test)
     assert set(labels[train]) == set(labels[test]) == set(labels)
-    assert np.array_equal(stratified_holdout(labels, fraction, seed, "classification", groups=groups)[1], test)
+    assert np.array_equal(inner_split(labels, fraction, seed, problem_type="classification", groups=groups)[1], test)
 
 
-def test_grouped_holdout_is_close_to_the_target_fraction():
+def test_grouped_inner_split_is_close_to_the_target_fraction():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 500)
     groups = rng.integers(0, 200, 500)
-    train, test = stratified_holdout(labels, 0.2, 0, "classification", groups=groups)
+    train, test = inner_split(labels, 0.2, 0, problem_type="classification", groups=groups)
     assert abs(len(test) / 500 - 0.2) < 0.02
     assert_groups_whole(groups, train, test)
 
@@ -133,11 +135,11 @@ def test_impossible_holdouts(labels, kwargs, fragment):
 
 def test_argument_errors():
     with pytest.raises(ValueError, match="fraction"):
-        stratified_holdout([0, 1, 0, 1], 1.5, 0, "classification")
+        inner_split([0, 1, 0, 1], 1.5, 0, problem_type="classification")
     with pytest.raises(ValueError, match="problem_type"):
-        stratified_holdout([0, 1, 0, 1], 0.5, 0, "ranking")
+        inner_split([0, 1, 0, 1], 0.5, 0, problem_type="ranking")
     with pytest.raises(ValueError, match="one id per example"):
-        stratified_holdout([0, 1, 0, 1], 0.5, 0, "classification", groups=[0, 1])
+        inner_split([0, 1, 0, 1], 0.5, 0, problem_type="classification", groups=[0, 1])
 
 
 # --- k-fold --------------------------------------------------------------------------------
@@ -193,59 +195,65 @@ def test_kfold_needs_k_examples_per_class():
         kfold_splits([0] * 10 + [1] * 3, 5, problem_type="classification")
 
 
-# --- identity groups -----------------------------------------------------------------------
+# --- groups from a config ------------------------------------------------------------------
 
 
-def lcs(a: str, b: str) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
+def test_split_groups_by_column_with_missing_values_apart():
+    frame = pd.DataFrame({"sequence": ["MKT", "GGG", "PPP", "WWW", "CCC"],
+                          "organism": ["E. coli", "H. sapiens", "E. coli", None, None]})
+    assert split_groups(frame, DataConfig(group_by="organism")).tolist() == [0, 1, 0, 2, 3]
+    assert split_groups(frame, DataConfig()) is None
 
 
-def brute_force_groups(sequences, threshold):
-    """The documented rule, with no shortcuts: every pair aligned, components by relabelling."""
-    label = list(range(len(sequences)))
-    for i, j in combinations(range(len(sequences)), 2):
-        short, long_ = sorted((len(sequences[i]), len(sequences[j])))
-        if short / long_ >= threshold - 1e-12 and lcs(sequences[i], sequences[j]) / short >= threshold - 1e-12:
-            old, new = label[j], label[i]
-            label = [new if value == old else value for value in label]
-    first_seen = {}
-    return np.array([first_seen.setdefault(value, len(first_seen)) for value in label])
+def test_split_groups_merges_identity_and_column():
+    frame = pd.DataFrame({"sequence": ["MKTAYIAKQR", "MKTAYIAKQR", "GGGGPPPPWW", "CCCCDDDDEE", "HHHHIIIIKK"],
+                          "organism": ["a", "b", "b", "c", "d"]})
+    assert split_groups(frame, DataConfig(identity_threshold=0.9)).tolist() == [0, 0, 1, 2, 3]
+    assert split_groups(frame, DataConfig(identity_threshold=0.9, group_by="organism")).tolist() == [0, 0, 0, 1, 2]
 
 
-@settings(max_examples=80, deadline=None)
-@given(
-    sequences=st.lists(st.text(alphabet="ACG", min_size=1, max_size=12), min_size=1, max_size=14),
-    threshold=st.sampled_from([0.5, 0.7, 0.8, 0.9, 1.0]),
-)
-def test_identity_groups_match_brute_force(sequences, threshold):
-    assert np.array_equal(identity_groups(sequences, threshold), brute_force_groups(sequences, threshold))
+def test_split_groups_names_a_missing_column():
+    frame = pd.DataFrame({"sequence": ["MKT"], "label": [1]})
+    with pytest.raises(SplitError) as caught:
+        split_groups(frame, DataConfig(group_by="organism"))
+    assert str(caught.value) == ("data.group_by=organism: the data has no such column (it has sequence, label); "
+                                 "name one of them or leave data.group_by unset")
 
 
-def test_identity_exactly_at_threshold_links():
-    assert identity_groups(["AAAAAAAAAA", "AAAAAAA"], threshold=0.7).tolist() == [0, 0]  # 7/10 == 0.7
-    assert identity_groups(["AAAAAAAAAA", "AAAAAA"], threshold=0.7).tolist() == [0, 1]
+def test_split_groups_warns_when_one_organism_dominates(caplog):
+    frame = pd.DataFrame({"sequence": list("ACDEF"), "organism": ["x", "x", "x", "y", "z"]})
+    with caplog.at_level(logging.WARNING):
+        split_groups(frame, DataConfig(group_by="organism"))
+    assert [record.getMessage() for record in caplog.records] == [
+        "grouping by organism put 3 of 5 rows in one group; splits will be lopsided or fail (group by something finer)"]
 
 
-def test_identity_groups_examples():
-    base = "MKTAYIAKQRQISFVKSHFS"
-    one_mutation = "MKTAYIAKQRQISFVKSHFA"  # 19/20 = 0.95
-    two_indels = "MKTAYIAKQRISFVKSHFSW"  # LCS 19 of 20
-    fragment = "MKTAYIAKQR"  # identical but half the length
-    unrelated = "GGGGPPPPWWWWCCCCDDDD"
-    groups = identity_groups([base, unrelated, one_mutation, fragment, two_indels, base], threshold=0.9)
-    assert groups.tolist() == [0, 1, 0, 2, 0, 0]
-    assert identity_groups([base, one_mutation], threshold=0.96).tolist() == [0, 1]
+def test_column_groups_and_merge():
+    assert column_groups(["b", "a", "b", np.nan, "a"]).tolist() == [0, 1, 0, 2, 1]
+    assert merge_groups(np.array([0, 0, 1, 2, 3]), np.array([0, 1, 1, 2, 2])).tolist() == [0, 0, 0, 1, 1]
 
 
-def test_identity_groups_on_bbb_sequences():
-    from protadapt.data.tasks import get_task
+def test_grouped_outer_folds_keep_organisms_whole():
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"sequence": ["M"] * 60, "label": rng.integers(0, 2, 60),
+                          "organism": rng.integers(0, 15, 60).astype(str)})
+    groups = split_groups(frame, DataConfig(group_by="organism"))
+    for train, test in kfold_splits(frame["label"], 3, 2, 0, problem_type="classification", groups=groups):
+        assert not set(frame["organism"][train]) & set(frame["organism"][test])
 
-    frame = get_task("bbb").load()
-    groups = identity_groups(frame["sequence"].tolist())
-    assert len(groups) == len(frame) and groups.max() + 1 >= 0.95 * len(frame)  # CD-HIT 90 % reduced set
+
+def test_compare_cv_outer_folds_keep_identity_groups_whole(tmp_path):
+    from dataclasses import replace
+
+    from protadapt.compare import Grid, plan
+    from protadapt.config import RunConfig
+    from protadapt.data.identity import identity_groups
+
+    base = RunConfig()
+    base = replace(base, data=replace(base.data, identity_threshold=0.5))
+    cells = list(plan(base, Grid(tasks=["bbb"], methods=["lora"], seeds=[0], cv=3, baselines=()), tmp_path))
+    assert len(cells) == 3
+    pool = pd.concat([cells[0].train, cells[0].test], ignore_index=True)
+    group_of = dict(zip(pool["id"], identity_groups(pool["sequence"].tolist(), 0.5)))
+    for cell in cells:
+        assert not {group_of[i] for i in cell.train["id"]} & {group_of[i] for i in cell.test["id"]}

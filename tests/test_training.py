@@ -102,7 +102,7 @@ def run_search(hypergradient: str, unroll_steps: int, batches: int = 6) -> Level
     predictor = bidora_predictor()
     datamodule = bbb_datamodule(predictor.backbone.alphabet)
     module = BiDoRAModule(predictor, OptimConfig(lr=1e-2, warmup_fraction=0.0, max_epochs=1),
-                          BilevelConfig(hypergradient=hypergradient, unroll_steps=unroll_steps, arch_lr=1e-2))
+                          BilevelConfig(hypergradient=hypergradient, unroll_steps=unroll_steps, magnitude_lr=1e-2))
     loaders = CombinedLoader({"inner_train": datamodule.inner_train_dataloader(),
                               "inner_val": datamodule.inner_val_dataloader()}, mode="max_size_cycle")
     recorder = LevelRecorder()
@@ -113,7 +113,7 @@ def run_search(hypergradient: str, unroll_steps: int, batches: int = 6) -> Level
     return recorder
 
 
-@pytest.mark.parametrize("hypergradient", ["darts", "darts_one_sided", "first_order"])
+@pytest.mark.parametrize("hypergradient", ["darts", "darts_one_sided", "darts_unrolled", "first_order"])
 def test_bidora_levels_move_only_their_own_parameters(hypergradient):
     recorder = run_search(hypergradient, unroll_steps=1, batches=4)
     assert [(s.batch, s.level) for s in recorder.steps] == [(b, level) for b in range(4) for level in ("lower", "upper")]
@@ -166,7 +166,7 @@ def test_bidora_retrain_keeps_searched_magnitudes_bit_identical(tmp_path, monkey
 
     monkeypatch.setattr(run_module, "reset_for_retraining", record_then_reset)
     run_dir = tmp_path / "run"
-    run_module.fit(quick_config("bidora", "bilevel.arch_lr=1e-2"), run_dir)
+    run_module.fit(quick_config("bidora", "bilevel.magnitude_lr=1e-2"), run_dir)
 
     saved = load_file(str(run_dir / "adapter.safetensors"))
     magnitudes = {k: v for k, v in saved.items() if k.endswith("magnitude")}
@@ -174,13 +174,13 @@ def test_bidora_retrain_keeps_searched_magnitudes_bit_identical(tmp_path, monkey
     for name, value in magnitudes.items():
         assert torch.equal(value, at_retrain[name]), name  # retraining never touched them
 
-    best = torch.load(run_dir / "checkpoints" / "search" / "best.ckpt", weights_only=False)["state_dict"]
+    last = torch.load(run_dir / "checkpoints" / "search" / "last.ckpt", weights_only=False)["state_dict"]
     initial = dict(bidora_predictor().named_parameters())
     for name, value in magnitudes.items():
-        assert torch.equal(best[f"predictor.{name}"], value)  # = the best search checkpoint's
+        assert torch.equal(last[f"predictor.{name}"], value)  # = the final search epoch's
         assert not torch.equal(initial[name].detach(), value)  # and the search did move them
     directions = [k for k in saved if k.endswith(".up")]
-    assert any(not torch.equal(best[f"predictor.{k}"], saved[k]) for k in directions)  # retraining moved these
+    assert any(not torch.equal(last[f"predictor.{k}"], saved[k]) for k in directions)  # retraining moved these
 
     logs = {p.name for p in (run_dir / "logs").iterdir()}
     assert logs == {"search", "retrain"}
@@ -192,10 +192,22 @@ def test_bidora_without_retrain_saves_the_search_result(tmp_path):
                             run_dir)
     assert "val_note" not in result.metrics
     assert {p.name for p in (run_dir / "logs").iterdir()} == {"search"}
-    best = torch.load(run_dir / "checkpoints" / "search" / "best.ckpt", weights_only=False)["state_dict"]
+    assert not (run_dir / "checkpoints" / "search" / "best.ckpt").exists()  # no epoch is picked on inner_val
+    last = torch.load(run_dir / "checkpoints" / "search" / "last.ckpt", weights_only=False)["state_dict"]
     saved = load_file(str(run_dir / "adapter.safetensors"))
     for name, value in saved.items():
-        assert torch.equal(best[f"predictor.{name}"], value), name
+        assert torch.equal(last[f"predictor.{name}"], value), name
+
+
+@pytest.mark.parametrize("overrides, retrain_epochs", [((), 3), (("bilevel.retrain_epochs=2",), 2)])
+def test_bidora_search_and_retrain_run_fixed_budgets(tmp_path, overrides, retrain_epochs):
+    """No early stopping in the search even when inner_val never improves; retrain = the search budget by default."""
+    run_dir = tmp_path / "run"
+    run_module.fit(quick_config("bidora", "optim.max_epochs=3", "optim.patience=0", "optim.lr=0",
+                                "bilevel.magnitude_lr=0", "bilevel.hypergradient=first_order", *overrides), run_dir)
+    epochs = {phase: sorted(pd.read_csv(run_dir / "logs" / phase / "metrics.csv")["epoch"].dropna().unique())
+              for phase in ("search", "retrain")}
+    assert epochs == {"search": [0, 1, 2], "retrain": list(range(retrain_epochs))}
 
 
 # ---------------------------------------------------------------- single-level training

@@ -22,6 +22,7 @@ from protadapt.backbones import Architecture, Backbone
 
 # Each module registers its methods on import; the import order is the order `method_names()` lists.
 from protadapt.adapters import lora, dora, prompt, wegeft, full  # noqa: E402, F401, I001
+from protadapt.embeddings import method as probe_method  # noqa: E402, F401 — registers `probe`
 from protadapt.adapters.dora import DoRALinear  # noqa: E402
 from protadapt.adapters.lora import LoRALinear  # noqa: E402
 

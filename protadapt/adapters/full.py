@@ -23,4 +23,4 @@ def backbone_parameter_count(architecture: Architecture, config: AdapterConfig |
 
 
 register_method(Method("full", unfreeze, backbone_parameter_count, trains_backbone=True))
-register_method(Method("head", lambda backbone, config: [], lambda architecture, config: 0))
+register_method(Method("head", lambda backbone, config: [], lambda architecture, config: 0, frozen_features=True))

@@ -25,6 +25,8 @@ class Method:
     bilevel: bool = False  # trained by BiDoRA's bi-level search (magnitudes on inner validation)
     trains_backbone: bool = False  # every backbone weight is trainable and saved (full fine-tuning)
     settings: tuple[str, ...] = ()  # AdapterConfig fields that shape its saved tensors
+    frozen_features: bool = False  # the output is the head on pooled frozen-backbone states (cacheable)
+    fit: Callable | None = None  # fit(predictor, datamodule, config, run_dir): its own training, not a Lightning loop
 
 
 METHODS: dict[str, Method] = {}

@@ -3,41 +3,27 @@
 All functions take labels (and optionally one group id per example) and return numpy index
 arrays into them, sorted ascending. Classification is stratified by class; regression by
 quantile bins of the target (rank-based, ``n_bins`` of them, fewer when the set is small).
-Examples that share a group (e.g. from `identity_groups`) always land on the same side.
+Examples that share a group (`split_groups`: identity groups and/or a column such as organism)
+always land on the same side.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold
 
+from protadapt.data.identity import identity_groups, number_by_first_appearance, warn_if_one_group_dominates
+
 DEFAULT_BINS = 5
-TOLERANCE = 1e-9  # so that identity exactly at the threshold (e.g. 7/10 vs 0.7) counts as reaching it
 
 
 class SplitError(ValueError):
     """A split that cannot keep its promises (every class on both sides, groups intact)."""
-
-
-def stratified_holdout(
-    labels: Sequence,
-    test_size: float,
-    seed: int,
-    problem_type: str,
-    groups: Sequence | None = None,
-    n_bins: int = DEFAULT_BINS,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split into (train_idx, test_idx) with every class on both sides and groups unbroken.
-
-    Each class (or regression bin) puts ``round(test_size * count)`` examples in the test part,
-    clipped to at least one and at most all but one. With groups, whole groups are added to the
-    test part greedily (largest first, ties in seeded random order) while that brings the
-    per-class counts closer to those targets.
-    """
-    return _holdout(labels, test_size, seed, problem_type, groups, n_bins, ("train", "test"))
 
 
 def inner_split(
@@ -49,7 +35,13 @@ def inner_split(
     groups: Sequence | None = None,
     n_bins: int = DEFAULT_BINS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split a training set into (inner_train_idx, inner_val_idx), BiDoRA's lower and upper level."""
+    """Split a training set into (inner_train_idx, inner_val_idx), BiDoRA's lower and upper level.
+
+    Each class (or regression bin) puts ``round(val_fraction * count)`` examples in the validation
+    part, clipped to at least one and at most all but one. With groups, whole groups are added to
+    it greedily (largest first, ties in seeded random order) while that brings the per-class
+    counts closer to those targets.
+    """
     parts = ("inner train", "validation")
     return _holdout(labels, val_fraction, seed, problem_type, groups, n_bins, parts)
 
@@ -88,47 +80,47 @@ def kfold_splits(
     return folds
 
 
-def identity_groups(sequences: Sequence[str], threshold: float = 0.9) -> np.ndarray:
-    """Group ids such that sequences linked by identity >= threshold share a group (single linkage).
+def split_groups(frame: pd.DataFrame, data) -> np.ndarray | None:
+    """The groups a split of `frame` keeps whole, from a DataConfig; None when it asks for none.
 
-    identity(a, b) = LCS(a, b) / len(shorter): the most identical residue pairs any gapped
-    global alignment of a and b can have (Biopython ``PairwiseAligner``, match 1, mismatch 0,
-    gaps 0), over the shorter length. As in CD-HIT's length-difference cutoff, a pair is only
-    linked when also len(shorter) / len(longer) >= threshold, so a short fragment is not a copy
-    of a long protein. Exact: two cheap bounds (length ratio; shared residue composition, which
-    caps the LCS) skip only pairs that cannot be linked. Cost is O(n^2) vectorised bound checks
-    plus one O(len^2) alignment (~0.3 ms at 400 residues) per surviving pair. Measured on one
-    core: bbb (238 peptides) 0.1 s, mic (4559 peptides) 1.3 s, thermostability (1965 proteins)
-    5 s. The worst case (every pair passes the bounds, few link) is one alignment per pair,
-    n^2/2 x 0.3 ms: about 10 minutes for 2000 proteins of 400 residues.
-    Groups are numbered 0, 1, ... in order of first appearance.
+    ``data.identity_threshold`` links near-duplicate sequences (`identity_groups`);
+    ``data.group_by`` names a column whose equal values share a group (e.g. ``organism``). With
+    both, rows linked by either share a group.
     """
-    if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-    from Bio.Align import PairwiseAligner
+    parts = []
+    if data.identity_threshold:
+        parts.append(identity_groups(frame["sequence"].tolist(), data.identity_threshold))
+    if data.group_by:
+        if data.group_by not in frame:
+            columns = ", ".join(map(str, frame.columns))
+            raise SplitError(f"data.group_by={data.group_by}: the data has no such column (it has {columns}); "
+                             "name one of them or leave data.group_by unset")
+        parts.append(column_groups(frame[data.group_by]))
+        groups = merge_groups(*parts)
+        warn_if_one_group_dominates(groups, f"grouping by {data.group_by}", "group by something finer")
+        return groups
+    return parts[0] if parts else None
 
-    sequences = [str(sequence) for sequence in sequences]
-    n = len(sequences)
-    aligner = PairwiseAligner(mode="global", match_score=1.0, mismatch_score=0.0, gap_score=0.0)
-    lengths = np.array([len(sequence) for sequence in sequences])
-    composition = _composition(sequences)
-    parent = np.arange(n)
-    for i in range(n - 1):
-        others = np.arange(i + 1, n)
-        shorter = np.minimum(lengths[i], lengths[others])
-        longer = np.maximum(lengths[i], lengths[others])
-        shared = np.minimum(composition[i], composition[others]).sum(axis=1)
-        candidates = others[(shorter >= threshold * longer - TOLERANCE) & (shared >= threshold * shorter - TOLERANCE)]
-        for j in candidates:
-            if _find(parent, i) == _find(parent, j):
-                continue
-            need = threshold * min(lengths[i], lengths[j])
-            if sequences[i] == sequences[j] or aligner.score(sequences[i], sequences[j]) >= need - TOLERANCE:
-                parent[_find(parent, j)] = _find(parent, i)
-    roots = np.array([_find(parent, i) for i in range(n)], dtype=np.int64)
-    _, first_seen, group_ids = np.unique(roots, return_index=True, return_inverse=True)
-    renumber = np.argsort(np.argsort(first_seen))
-    return renumber[group_ids].astype(np.int64)
+
+def column_groups(values: Sequence) -> np.ndarray:
+    """Group ids by equal value (numbered by first appearance); a missing value is a group of its own."""
+    codes, _ = pd.factorize(pd.Series(values), sort=False)
+    missing = codes < 0
+    codes[missing] = codes.max() + 1 + np.arange(missing.sum())
+    return number_by_first_appearance(codes)
+
+
+def merge_groups(*partitions: np.ndarray) -> np.ndarray:
+    """The finest grouping that keeps every given grouping's groups whole (rows linked by any share one)."""
+    n = len(partitions[0])
+    rows, nodes, offset = [], [], n
+    for groups in partitions:
+        rows.append(np.arange(n))
+        nodes.append(offset + groups)
+        offset += int(groups.max()) + 1 if n else 0
+    rows, nodes = np.concatenate(rows), np.concatenate(nodes)
+    graph = coo_matrix((np.ones(len(rows)), (rows, nodes)), shape=(offset, offset))
+    return number_by_first_appearance(connected_components(graph, directed=False)[1][:n])
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -213,21 +205,3 @@ def _check_classes_on_both_sides(labels: np.ndarray, train: np.ndarray, test: np
                 f"class {missing[0]} has no example in the {name} part without splitting a group; "
                 "use a higher identity threshold or fewer folds"
             )
-
-
-def _composition(sequences: list[str]) -> np.ndarray:
-    """Character counts per sequence; the overlap of two rows bounds any alignment's matches."""
-    alphabet = {character: column for column, character in enumerate(sorted(set().union(*sequences)))}
-    counts = np.zeros((len(sequences), max(len(alphabet), 1)), dtype=np.int32)
-    for row, sequence in enumerate(sequences):
-        for character, count in Counter(sequence).items():
-            counts[row, alphabet[character]] = count
-    return counts
-
-
-def _find(parent: np.ndarray, node: int) -> int:
-    """Union-find root with path halving."""
-    while parent[node] != node:
-        parent[node] = parent[parent[node]]
-        node = parent[node]
-    return node

@@ -8,15 +8,12 @@ per column of its `in x out` (transposed) notation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
-
-from protadapt.evaluation.plots import new_figure, save_figure
 
 LayerPairs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]  # layer name -> (pretrained W0, fine-tuned W)
 
@@ -55,28 +52,49 @@ def decompose(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return magnitude, weight / safe[:, None]
 
 
-def correlation(df: pd.DataFrame) -> float:
-    """Pearson r of ΔM vs ΔD over layers (the paper's summary number); NaN below 3 layers or when constant."""
+def by_matrix_type(layers: pd.DataFrame) -> pd.DataFrame:
+    """Slope and Pearson r of ΔM on ΔD per method and matrix type, over layers × checkpoints (× runs).
+
+    `layers` holds `method`, `layer`, `delta_m`, `delta_d` and optionally `run` and `checkpoint`
+    (from analyse_checkpoints or `protadapt analyze`, checkpoints in time order). A checkpoint whose
+    weights equal an earlier one's (Lightning's last.ckpt and the final weights often do) repeats
+    its points; `distinct_points` drops the repeats so that no point counts twice.
+    """
+    unique = distinct_points(layers)
+    rows = []
+    for (method, kind), points in unique.groupby(["method", "matrix_type"], sort=False):
+        slope, intercept, r = fit_line(points)
+        rows.append({"method": method, "matrix_type": kind,
+                     "runs": points["run"].nunique() if "run" in points else 1,
+                     "checkpoints": points["checkpoint"].nunique() if "checkpoint" in points else 1,
+                     "points": len(points), "slope": slope, "intercept": intercept, "r": r,
+                     "delta_m_mean": points["delta_m"].mean(), "delta_d_mean": points["delta_d"].mean()})
+    return pd.DataFrame(rows, columns=["method", "matrix_type", "runs", "checkpoints", "points", "slope", "intercept",
+                                       "r", "delta_m_mean", "delta_d_mean"])
+
+
+def distinct_points(layers: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a `matrix_type` column, each (run, layer, ΔM, ΔD) kept at its first (earliest) checkpoint."""
+    layers = layers.assign(matrix_type=layers["layer"].map(matrix_type))
+    keys = [c for c in ("run", "layer") if c in layers.columns]
+    return layers.drop_duplicates([*keys, "delta_m", "delta_d"])
+
+
+def fit_line(df: pd.DataFrame) -> tuple[float, float, float]:
+    """Least-squares slope and intercept of ΔM (y) on ΔD (x), and Pearson r; NaN below 3 points or when constant.
+
+    The DoRA paper's figure plots ΔM against ΔD and reads the trend's sign (negative for full
+    fine-tuning and DoRA, positive for LoRA); BiDoRA's "correlation" −8.042 vs −1.784 lies
+    outside [−1, 1], so it is this slope dΔM/dΔD, in ΔM units per unit ΔD. r is scale-free.
+    """
     delta_m = df["delta_m"].to_numpy(dtype=np.float64)
     delta_d = df["delta_d"].to_numpy(dtype=np.float64)
     if len(df) < 3 or np.ptp(delta_m) == 0 or np.ptp(delta_d) == 0:
-        return float("nan")
-    return float(stats.pearsonr(delta_d, delta_m)[0])
+        return float("nan"), float("nan"), float("nan")
+    line = stats.linregress(delta_d, delta_m)
+    return float(line.slope), float(line.intercept), float(line.rvalue)
 
 
-def scatter_plot(frames: Mapping[str, pd.DataFrame], path: str | Path) -> Path:
-    """One panel per method, ΔD on x and ΔM on y as in the DoRA paper, titled with the method's correlation.
-
-    Frames with a `checkpoint` column are coloured by checkpoint.
-    """
-    fig, axes = new_figure(1, max(1, len(frames)), panel_size=(4.5, 4))
-    for ax, (method, df) in zip(axes, frames.items()):
-        groups = df.groupby("checkpoint", sort=False) if "checkpoint" in df.columns else [(None, df)]
-        for checkpoint, points in groups:
-            label = None if checkpoint is None else str(checkpoint)
-            ax.scatter(points["delta_d"], points["delta_m"], s=18, label=label)
-        if "checkpoint" in df.columns:
-            ax.legend(title="checkpoint", fontsize="small")
-        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δ magnitude|)")
-        ax.set_title(f"{method}: r = {correlation(df):.2f}")
-    return save_figure(fig, path)
+def matrix_type(layer: str) -> str:
+    """`layers.3.self_attn.q_proj` → `q`; `layers.3.fc1` → `fc1`: the kind of matrix, the unit of one panel."""
+    return layer.rsplit(".", 1)[-1].removesuffix("_proj")

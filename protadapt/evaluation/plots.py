@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import cm
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -16,6 +17,7 @@ from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 
 from protadapt.evaluation.calibration import expected_calibration_error, reliability_bins
+from protadapt.evaluation.analysis import by_matrix_type, distinct_points
 from protadapt.evaluation.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,36 @@ def plot_training_curves(metrics_csv_path: str | Path, path: str | Path) -> Path
         ax.legend(fontsize="small")
     for ax in axes[len(families):]:
         ax.set_visible(False)
+    return save_figure(fig, path)
+
+
+def plot_delta_m_delta_d(layers: pd.DataFrame, path: str | Path) -> Path:
+    """The DoRA paper's figure: ΔM vs ΔD, one panel per method (row) and matrix type (column).
+
+    Points are layers, coloured by checkpoint in the order given (early to late), each drawn once
+    at the first checkpoint it appears in (`analysis.distinct_points`); each panel draws its
+    least-squares line and is titled with the slope and Pearson r of `analysis.by_matrix_type`.
+    """
+    if "checkpoint" not in layers.columns:
+        layers = layers.assign(checkpoint="final")
+    summary = by_matrix_type(layers).set_index(["method", "matrix_type"])
+    checkpoints = list(layers["checkpoint"].astype(str).unique())
+    layers = distinct_points(layers)
+    methods, kinds = list(layers["method"].unique()), list(layers["matrix_type"].unique())
+    colours = dict(zip(checkpoints, cm.viridis(np.linspace(0.0, 0.9, len(checkpoints)))))
+    fig, axes = new_figure(len(methods), len(kinds), panel_size=(3.6, 3.2))
+    for index, (method, kind) in enumerate((m, k) for m in methods for k in kinds):
+        ax, points = axes[index], layers[(layers["method"] == method) & (layers["matrix_type"] == kind)]
+        for checkpoint, group in points.groupby(points["checkpoint"].astype(str), sort=False):
+            ax.scatter(group["delta_d"], group["delta_m"], s=16, color=colours[checkpoint], label=checkpoint)
+        fitted = summary.loc[(method, kind)] if (method, kind) in summary.index else None
+        if fitted is not None and not math.isnan(fitted["slope"]):
+            x = np.linspace(points["delta_d"].min(), points["delta_d"].max(), 2)
+            ax.plot(x, fitted["intercept"] + fitted["slope"] * x, color="grey", linewidth=1)
+        slope, r = (fitted["slope"], fitted["r"]) if fitted is not None else (math.nan, math.nan)
+        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δm|)",
+               title=f"{method} · {kind}: slope {slope:.3g}, r {r:.2f}")
+    axes[0].legend(title="checkpoint", fontsize="x-small")
     return save_figure(fig, path)
 
 

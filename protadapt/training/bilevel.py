@@ -1,8 +1,9 @@
 """BiDoRA: DoRA trained by bi-level optimisation (methods.md), as a manual-optimisation module.
 
 Lower level: directions V = {A, B} and the head minimise L_tr(V, M) + λ·R(V) on `inner_train`,
-magnitudes M fixed. Upper level: M minimises L_val(V*(M), M) on `inner_val` through the DARTS
-hypergradient (or its first-order variant). Each level has its own AdamW and schedule. Gradients
+magnitudes M fixed. Upper level: M minimises L_val(V*(M), M) on `inner_val` through a
+hypergradient: Betty's `darts` (the official one), its one-sided form, the DARTS paper's unrolled
+estimator, or the first-order ablation. Each level has its own AdamW and schedule. Gradients
 come from `torch.autograd.grad` over explicit parameter lists — no optimiser toggling, which
 would freeze the very directions the hypergradient differentiates through — and are averaged
 across processes by hand, so magnitudes and directions stay identical on every DDP rank.
@@ -46,17 +47,15 @@ class BiDoRAModule(PredictorModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         lower = torch.optim.AdamW(decay_groups(self.predictor.direction_parameters(), self.optim.weight_decay),
                                   lr=self.optim.lr)
-        upper = torch.optim.AdamW(self.predictor.magnitude_parameters(), lr=self.bilevel.arch_lr,
-                                  weight_decay=self.bilevel.arch_weight_decay)
+        upper = torch.optim.AdamW(self.predictor.magnitude_parameters(), lr=self.bilevel.magnitude_lr,
+                                  weight_decay=self.bilevel.magnitude_weight_decay)
         upper_steps = max(1, total // self.bilevel.unroll_steps)
         return [lower, upper], [warmup_schedule(lower, self.optim, total), warmup_schedule(upper, self.optim, upper_steps)]
 
     def lower_objective(self, batch: dict) -> torch.Tensor:
         """L_tr + λ·R: task loss on inner_train plus the orthogonality regulariser."""
-        loss = self.loss(self(batch["tokens"]), batch["labels"])
-        if self.bilevel.orthogonality:
-            loss = loss + self.bilevel.orthogonality * self.predictor.orthogonality_penalty()
-        return loss
+        return with_orthogonality(self.loss(self(batch["tokens"]), batch["labels"]), self.predictor,
+                                  self.bilevel.orthogonality)
 
     def upper_objective(self, batch: dict) -> torch.Tensor:
         return self.loss(self(batch["tokens"]), batch["labels"])
@@ -69,35 +68,52 @@ class BiDoRAModule(PredictorModule):
         inner_train, inner_val = batch["inner_train"], batch["inner_val"]
 
         upper_now = (batch_idx + 1) % self.bilevel.unroll_steps == 0
-        darts_now = upper_now and self.bilevel.hypergradient != "first_order"
-        one_sided = self.bilevel.hypergradient == "darts_one_sided"
-        upper_loss: Loss = lambda: self.upper_objective(inner_val)  # noqa: E731
-        # DARTS needs ∇_V L_tr at the current V for its virtual step (and the one-sided difference
-        # ∇_M L_tr there): take both from the lower step's pass (same batch, same dropout noise) and
-        # evaluate the hypergradient before that step moves V.
-        noise_seed = new_noise_seed() if darts_now else None
-        with same_noise(noise_seed) if darts_now else contextlib.nullcontext():
+        # darts_unrolled (virtual step V − ξ∇_V L_tr) and darts_one_sided (∇_M L_tr at the centre)
+        # take what they need from the lower step's own pass (same batch, same dropout noise), so
+        # they are evaluated at V before the lower step moves it; darts and first_order, like Betty,
+        # at the V the lower step has just produced.
+        reuse = upper_now and self.bilevel.hypergradient in ("darts_one_sided", "darts_unrolled")
+        noise_seed = new_noise_seed() if reuse else None
+        with same_noise(noise_seed) if reuse else contextlib.nullcontext():
             lower_loss = self.lower_objective(inner_train)
-        wanted = directions + magnitudes if darts_now and one_sided else directions
-        grads = torch.autograd.grad(lower_loss, wanted)
-        lower_grads, centre_grads = list(grads[: len(directions)]), list(grads[len(directions):]) or None
-        if darts_now:
-            hyper = darts_hypergradient(
-                lambda: self.lower_objective(inner_train), upper_loss, directions, magnitudes,
-                lower_opt.param_groups[0]["lr"], one_sided=one_sided, train_grads=lower_grads,
-                train_magnitude_grads=centre_grads, noise_seed=noise_seed,
-                # ∇_M R(V) = 0: the finite-difference passes need the task loss only
-                magnitude_lower_loss=lambda: self.loss(self(inner_train["tokens"]), inner_train["labels"]))
+        centre_wanted = reuse and self.bilevel.hypergradient == "darts_one_sided"
+        grads = torch.autograd.grad(lower_loss, directions + magnitudes if centre_wanted else directions)
+        lower_grads, centre = list(grads[: len(directions)]), list(grads[len(directions):]) or None
+        hyper = self.hypergradient(inner_train, inner_val, lower_opt.param_groups[0]["lr"], lower_grads, centre,
+                                   noise_seed) if reuse else None
         self._step(lower_opt, directions, lower_grads)
         lower_schedule.step()
-        logs = {"lower_loss": lower_loss.detach()}
 
         if upper_now:
-            if not darts_now:
-                hyper = first_order_hypergradient(upper_loss, magnitudes)
+            if hyper is None:
+                hyper = self.hypergradient(inner_train, inner_val, lower_opt.param_groups[0]["lr"])
             self._step(upper_opt, magnitudes, hyper)
             upper_schedule.step()
-        self.log_dict(logs, prog_bar=True, batch_size=len(inner_train["tokens"]))
+        self.log_dict({"lower_loss": lower_loss.detach()}, prog_bar=True, batch_size=len(inner_train["tokens"]))
+
+    def hypergradient(self, inner_train: dict, inner_val: dict, lower_lr: float,
+                      lower_grads: list[torch.Tensor] | None = None, centre: list[torch.Tensor] | None = None,
+                      noise_seed: int | None = None) -> list[torch.Tensor]:
+        """The magnitude gradient `bilevel.hypergradient` names, at the directions as they are now."""
+        directions, magnitudes = self.predictor.direction_parameters(), self.predictor.magnitude_parameters()
+        upper: Loss = lambda: self.upper_objective(inner_val)  # noqa: E731
+        # The finite-difference passes differentiate the lower loss L_tr + λ·R with respect to M
+        # only. R is a function of the directions alone (D̂ = V/‖V‖ has no m in it), so ∇_M R = 0
+        # and those passes need the task term alone: one R evaluation fewer per pass, same numbers
+        # (tests/test_bilevel.py checks the two are equal).
+        task: Loss = lambda: self.loss(self(inner_train["tokens"]), inner_train["labels"])  # noqa: E731
+        kind = self.bilevel.hypergradient
+        if kind == "first_order":
+            return first_order_hypergradient(upper, magnitudes)
+        if kind == "darts":
+            return darts_hypergradient(task, upper, directions, magnitudes)
+        if kind == "darts_one_sided":
+            return darts_one_sided_hypergradient(task, upper, directions, magnitudes, centre=centre,
+                                                 noise_seed=noise_seed)
+        xi = lower_lr if self.bilevel.unrolled_xi is None else self.bilevel.unrolled_xi
+        return darts_unrolled_hypergradient(lambda: self.lower_objective(inner_train), upper, directions, magnitudes,
+                                            xi, train_grads=lower_grads, noise_seed=noise_seed,
+                                            magnitude_lower_loss=task)
 
     def _step(self, optimizer, parameters: list[nn.Parameter], grads: list[torch.Tensor]) -> None:
         for parameter, grad in zip(parameters, grads):
@@ -107,64 +123,146 @@ class BiDoRAModule(PredictorModule):
         optimizer.zero_grad(set_to_none=True)
 
 
+class RetrainModule(PredictorModule):
+    """BiDoRA's retrain phase: directions + head on all training rows, magnitudes frozen, loss L + λ·R."""
+
+    def __init__(self, predictor: ProteinPredictor, optim: OptimConfig, orthogonality: float):
+        super().__init__(predictor, optim)
+        self.orthogonality = orthogonality
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        task = self.loss(self(batch["tokens"]), batch["labels"])
+        self.log("train_loss", task, prog_bar=True, batch_size=len(batch["tokens"]), sync_dist=True)
+        return with_orthogonality(task, self.predictor, self.orthogonality)
+
+
+def with_orthogonality(loss: torch.Tensor, predictor: ProteinPredictor, weight: float) -> torch.Tensor:
+    """loss + λ·R(V), R the mean orthogonality penalty of the DoRA layers (methods.md); λ = 0: loss."""
+    return loss + weight * predictor.orthogonality_penalty() if weight else loss
+
+
+# ---------------------------------------------------------------- hypergradient estimators
+
+
 def darts_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.Parameter],
-                        magnitudes: list[nn.Parameter], xi: float, *, one_sided: bool = False,
-                        train_grads: list[torch.Tensor] | None = None,
-                        train_magnitude_grads: list[torch.Tensor] | None = None, noise_seed: int | None = None,
-                        magnitude_lower_loss: Loss | None = None) -> list[torch.Tensor]:
-    """∇_M L_val(V′, M) − ξ·[∇_M L_tr(V⁺, M) − ∇_M L_tr(V⁻, M)] / 2ε, with V′ = V − ξ∇_V L_tr,
-    V± = V ± ε·∇_V′ L_val and ε = 0.01 / ‖∇_V′ L_val‖ (DARTS, Liu et al. 2019, eq. 7–8).
+                        magnitudes: list[nn.Parameter], *, noise_seed: int | None = None) -> list[torch.Tensor]:
+    """Betty's `darts`, the official BiDoRA estimator (methods.md, "What Betty computes"):
 
-    `one_sided`: [∇_M L_tr(V⁺, M) − ∇_M L_tr(V, M)] / ε instead — first- rather than second-order
-    accurate in ε, and one forward/backward pass fewer, because ∇_M L_tr at V comes with the lower
-    step's own pass (`train_magnitude_grads`).
+        ∇_M L_val(V, M) + [∇_M L_tr(V − εv, M) − ∇_M L_tr(V + εv, M)] / 2ε,
+        v = ∇_V L_val(V, M) at the current directions (no virtual step), ε = 0.01 / ‖v‖,
 
-    All lower-loss evaluations see the same random numbers (dropout), so the finite difference
-    measures the change of V alone. The directions are restored on return.
-
-    Reuse, to save passes: `train_grads` = ∇_V L_tr(V) and `train_magnitude_grads` = ∇_M L_tr(V),
-    already computed under `same_noise(noise_seed)`; `magnitude_lower_loss`, the part of L_tr that
-    depends on M, for the passes at V± (e.g. without the orthogonality term).
+    a central difference for ∇_M L_val − ∇²_{M,V} L_tr · v, with no learning-rate factor.
+    ∇_M L_val and v come from one pass; the two lower passes see the same dropout noise, so the
+    difference measures the move of V alone. V is restored bit for bit (unlike Betty's `add`).
     """
-    if (train_grads is not None or train_magnitude_grads is not None) and noise_seed is None:
+    magnitude_grads, v = validation_gradients(upper_loss, magnitudes, directions)
+    eps = finite_difference_step(v)
+    if eps is None:
+        return magnitude_grads
+    noise_seed = new_noise_seed() if noise_seed is None else noise_seed
+    with displaced(directions) as move:
+        move(eps, v)
+        plus = magnitude_gradient(lower_loss, magnitudes, noise_seed)
+        move(-eps, v)
+        minus = magnitude_gradient(lower_loss, magnitudes, noise_seed)
+    return [g + (n - p) / (2 * eps) for g, n, p in zip(magnitude_grads, minus, plus)]
+
+
+def darts_one_sided_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.Parameter],
+                                  magnitudes: list[nn.Parameter], *, centre: list[torch.Tensor] | None = None,
+                                  noise_seed: int | None = None) -> list[torch.Tensor]:
+    """The one-sided form of `darts_hypergradient`, first- instead of second-order accurate in ε:
+
+        ∇_M L_val(V, M) + [∇_M L_tr(V, M) − ∇_M L_tr(V + εv, M)] / ε,   v, ε as there.
+
+    `centre` = ∇_M L_tr(V, M) computed under `same_noise(noise_seed)` — in training, the lower
+    step's own pass — so one forward/backward pass fewer than the central difference.
+    """
+    if centre is not None and noise_seed is None:
+        raise ValueError("centre must come with the noise_seed it was computed under")
+    noise_seed = new_noise_seed() if noise_seed is None else noise_seed
+    if centre is None:
+        centre = magnitude_gradient(lower_loss, magnitudes, noise_seed)
+    magnitude_grads, v = validation_gradients(upper_loss, magnitudes, directions)
+    eps = finite_difference_step(v)
+    if eps is None:
+        return magnitude_grads
+    with displaced(directions) as move:
+        move(eps, v)
+        plus = magnitude_gradient(lower_loss, magnitudes, noise_seed)
+    return [g + (c - p) / eps for g, c, p in zip(magnitude_grads, centre, plus)]
+
+
+def darts_unrolled_hypergradient(lower_loss: Loss, upper_loss: Loss, directions: list[nn.Parameter],
+                                 magnitudes: list[nn.Parameter], xi: float, *,
+                                 train_grads: list[torch.Tensor] | None = None, noise_seed: int | None = None,
+                                 magnitude_lower_loss: Loss | None = None) -> list[torch.Tensor]:
+    """The DARTS paper's unrolled estimator (Liu et al. 2019, eq. 7–8), not the official BiDoRA one:
+
+        ∇_M L_val(V′, M) − ξ·[∇_M L_tr(V⁺, M) − ∇_M L_tr(V⁻, M)] / 2ε,
+        V′ = V − ξ∇_V L_tr(V, M), V± = V ± ε·∇_V′ L_val(V′, M), ε = 0.01 / ‖∇_V′ L_val‖.
+
+    Reuse: `train_grads` = ∇_V L_tr(V) computed under `same_noise(noise_seed)`;
+    `magnitude_lower_loss`, the part of L_tr that depends on M, for the passes at V±.
+    """
+    if train_grads is not None and noise_seed is None:
         raise ValueError("train_grads must come with the noise_seed they were computed under")
-    original = [d.detach().clone() for d in directions]
     noise_seed = new_noise_seed() if noise_seed is None else noise_seed
     magnitude_lower_loss = magnitude_lower_loss or lower_loss
-    try:
-        if train_grads is None:
-            with same_noise(noise_seed):
-                train_grads = torch.autograd.grad(lower_loss(), directions)
-        if one_sided and train_magnitude_grads is None:
-            with same_noise(noise_seed):
-                train_magnitude_grads = torch.autograd.grad(magnitude_lower_loss(), magnitudes)
-        train_grads = [g.detach().clone() for g in train_grads]  # the caller may clip its copy in place
-        _assign(directions, [o - xi * g for o, g in zip(original, train_grads)])  # V′
-
-        val_grads = torch.autograd.grad(upper_loss(), magnitudes + directions, allow_unused=True)
-        magnitude_grads = _zeros_for_none(val_grads[: len(magnitudes)], magnitudes)
-        direction_grads = _zeros_for_none(val_grads[len(magnitudes):], directions)
-        norm = torch.sqrt(sum(g.pow(2).sum() for g in direction_grads))
-        if norm == 0:
+    if train_grads is None:
+        with same_noise(noise_seed):
+            train_grads = torch.autograd.grad(lower_loss(), directions)
+    train_grads = [g.detach().clone() for g in train_grads]  # the caller may clip its copy in place
+    with displaced(directions) as move:
+        move(-xi, train_grads)  # V′
+        magnitude_grads, v = validation_gradients(upper_loss, magnitudes, directions)
+        eps = finite_difference_step(v)
+        if eps is None:
             return magnitude_grads
-        eps = 0.01 / norm
-
-        _assign(directions, [o + eps * g for o, g in zip(original, direction_grads)])  # V⁺
-        with same_noise(noise_seed):
-            plus = torch.autograd.grad(magnitude_lower_loss(), magnitudes)
-        if one_sided:
-            return [gm - xi * (p - c) / eps for gm, p, c in zip(magnitude_grads, plus, train_magnitude_grads)]
-        _assign(directions, [o - eps * g for o, g in zip(original, direction_grads)])  # V⁻
-        with same_noise(noise_seed):
-            minus = torch.autograd.grad(magnitude_lower_loss(), magnitudes)
-    finally:
-        _assign(directions, original)
-    return [gm - xi * (p - m) / (2 * eps) for gm, p, m in zip(magnitude_grads, plus, minus)]
+        move(eps, v)
+        plus = magnitude_gradient(magnitude_lower_loss, magnitudes, noise_seed)
+        move(-eps, v)
+        minus = magnitude_gradient(magnitude_lower_loss, magnitudes, noise_seed)
+    return [g - xi * (p - n) / (2 * eps) for g, p, n in zip(magnitude_grads, plus, minus)]
 
 
 def first_order_hypergradient(upper_loss: Loss, magnitudes: list[nn.Parameter]) -> list[torch.Tensor]:
-    """ξ = 0: the magnitudes follow the validation gradient with directions held fixed."""
+    """∇_M L_val(V, M) with the directions held fixed: the cheap ablation (no second-order term)."""
     return list(torch.autograd.grad(upper_loss(), magnitudes))
+
+
+def validation_gradients(upper_loss: Loss, magnitudes: list[nn.Parameter],
+                         directions: list[nn.Parameter]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(∇_M L_val, ∇_V L_val) from one forward/backward pass."""
+    grads = torch.autograd.grad(upper_loss(), magnitudes + directions, allow_unused=True)
+    return (_zeros_for_none(grads[: len(magnitudes)], magnitudes),
+            [g.detach() for g in _zeros_for_none(grads[len(magnitudes):], directions)])
+
+
+def finite_difference_step(v: list[torch.Tensor]) -> torch.Tensor | None:
+    """ε = 0.01 / ‖v‖ over all direction tensors together (Betty's darts_alpha = 0.01); None if v = 0."""
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in v))
+    return None if norm == 0 else 0.01 / norm
+
+
+def magnitude_gradient(loss: Loss, magnitudes: list[nn.Parameter], noise_seed: int) -> list[torch.Tensor]:
+    """∇_M of `loss` at the parameters as they are now, under the given dropout noise."""
+    with same_noise(noise_seed):
+        return list(torch.autograd.grad(loss(), magnitudes))
+
+
+@contextlib.contextmanager
+def displaced(directions: list[nn.Parameter]) -> Iterator[Callable[[float, list[torch.Tensor]], None]]:
+    """Yields move(scale, vector): V ← V₀ + scale·vector (V₀ = V on entry); V₀ is put back bit for bit on exit."""
+    original = [d.detach().clone() for d in directions]
+
+    def move(scale, vector: list[torch.Tensor]) -> None:
+        _assign(directions, [o + scale * g for o, g in zip(original, vector)])
+
+    try:
+        yield move
+    finally:
+        _assign(directions, original)
 
 
 def reset_for_retraining(predictor: ProteinPredictor, seed: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from protadapt.config import RunConfig
-from protadapt.data.splits import identity_groups, kfold_splits
+from protadapt.data.splits import kfold_splits, split_groups
 from protadapt.data.tasks import Task, resolve_task
 from protadapt.files import write_csv_atomic
 from protadapt.training.distributed import global_rank
@@ -34,8 +34,7 @@ def cross_validate(config: RunConfig, folds: Folds | None = None, out: str | Pat
     task = resolve_task(replace(config.data, test_file=None))
     frame = task.load()
     train = frame[frame["split"] == "train"].reset_index(drop=True)
-    groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
-        if config.data.identity_threshold else None
+    groups = split_groups(train, config.data)
     out = Path(out or Path(config.out) / f"cv-{task.name}-{config.adapter.method}-seed{config.seed}")
     rows = []
     splits = kfold_splits(train["label"].to_numpy(), folds.folds, repeats=folds.repeats, seed=config.seed,

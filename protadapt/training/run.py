@@ -25,14 +25,15 @@ from protadapt.adapters import count_trainable
 from protadapt.backbones import load_backbone
 from protadapt.config import RunConfig
 from protadapt.data.datamodule import ProteinDataModule
-from protadapt.data.splits import identity_groups
+from protadapt.data.splits import split_groups
 from protadapt.data.tasks import Task, resolve_task
+from protadapt.embeddings.cache import EmbeddingCache
 from protadapt.evaluation.metrics import METRIC_DIRECTION
 from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plot_training_curves
 from protadapt.files import write_csv_atomic, write_json_atomic
 from protadapt.inference import evaluate_frame, prediction_frame, predict_scores
 from protadapt.model import ProteinPredictor
-from protadapt.training.bilevel import BiDoRAModule, reset_for_retraining
+from protadapt.training.bilevel import BiDoRAModule, RetrainModule, reset_for_retraining
 from protadapt.training.distributed import global_rank, ranks_agree
 from protadapt.training.module import PredictorModule
 from protadapt.training.trainer import Phase, inference_precision, train
@@ -88,8 +89,7 @@ def build_predictor(config: RunConfig, task: Task, train: pd.DataFrame) -> Prote
 def build_datamodule(config: RunConfig, predictor: ProteinPredictor, train: pd.DataFrame,
                      test: pd.DataFrame | None) -> ProteinDataModule:
     """Loaders over the run's rows, with the inner split made once (near-duplicates kept together)."""
-    groups = identity_groups(train["sequence"].tolist(), config.data.identity_threshold) \
-        if config.data.identity_threshold else None
+    groups = split_groups(train, config.data)
     datamodule = ProteinDataModule(
         predictor.backbone.alphabet, train=train, test=test, problem_type=predictor.problem_type,
         batch_size=config.data.batch_size, val_fraction=config.data.val_fraction, seed=config.seed, groups=groups,
@@ -101,18 +101,24 @@ def build_datamodule(config: RunConfig, predictor: ProteinPredictor, train: pd.D
 def train_predictor(predictor: ProteinPredictor, datamodule: ProteinDataModule, config: RunConfig, run_dir: Path,
                     monitor: tuple[str, str], resume: bool) -> None:
     """One single-level fit, or a bi-level method's search then (optionally) its retraining on all of train."""
+    if predictor.method.fit is not None:  # its own procedure (the probe's scikit-learn fit)
+        predictor.method.fit(predictor, datamodule, config, run_dir)
+        return
     if not predictor.method.bilevel:
         train(PredictorModule(predictor, config.optim), config, run_dir,
               Phase("fit", datamodule.train_dataloader(), datamodule.val_dataloader(), monitor, resume))
         return
     search = BiDoRAModule(predictor, config.optim, config.bilevel)
-    best_epoch = train(search, config, run_dir,
-                       Phase("search", datamodule.bilevel_dataloader(), datamodule.val_dataloader(), monitor, resume))
+    # a fixed search budget (official protocol): inner_val trains the magnitudes, so it picks no epoch
+    train(search, config, run_dir,
+          Phase("search", datamodule.bilevel_dataloader(), datamodule.val_dataloader(), None, resume))
     if config.bilevel.retrain:
         reset_for_retraining(predictor, config.seed)
-        epochs = config.bilevel.retrain_epochs or best_epoch + 1
+        epochs = config.bilevel.retrain_epochs or config.optim.max_epochs
         optim = replace(config.optim, max_epochs=epochs, lr=config.bilevel.retrain_lr or config.optim.lr)
-        train(PredictorModule(predictor, optim), config, run_dir, Phase("retrain", datamodule.full_train_dataloader()))
+        orthogonality = config.bilevel.orthogonality if config.bilevel.retrain_orthogonality else 0.0
+        train(RetrainModule(predictor, optim, orthogonality), config, run_dir,
+              Phase("retrain", datamodule.full_train_dataloader()))
 
 
 def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.DataFrame | None,
@@ -120,11 +126,15 @@ def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.
     """Validation and test metrics, the test predictions and the figures, at the training precision."""
     precision = inference_precision(config.trainer.precision)
     batch_size = config.data.batch_size
-    metrics = {"val": evaluate_frame(predictor, inner_val, batch_size=batch_size, precision=precision)}
+    cache = EmbeddingCache(config.cache) if config.cache.enabled else None
+    val_scores = predict_scores(predictor, inner_val, batch_size, precision=precision, cache=cache)
+    metrics = {"val": evaluate_frame(predictor, inner_val, batch_size=batch_size, scores=val_scores)}
     if predictor.method.bilevel and config.bilevel.retrain:
         metrics["val_note"] = "BiDoRA retrains on all training data, inner validation split included"
+    if predictor.method.fit is not None:
+        metrics["val_note"] = f"{predictor.method.name} fits on all training rows, inner validation split included"
     if test is not None:
-        scores = predict_scores(predictor, test, batch_size, precision=precision)
+        scores = predict_scores(predictor, test, batch_size, precision=precision, cache=cache)
         metrics["test"] = evaluate_frame(predictor, test, batch_size=batch_size, scores=scores)
         write_csv_atomic(prediction_frame(predictor, test, scores), run_dir / "predictions.csv")
         plot_predictions(test["label"].to_numpy(), scores, predictor.problem_type, run_dir)

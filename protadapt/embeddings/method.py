@@ -1,0 +1,45 @@
+"""`--method probe`: a linear probe on frozen pooled embeddings, fitted by scikit-learn, kept as a head.
+
+The backbone stays as loaded; the training rows are embedded once (through the embedding cache),
+a logistic-regression or ridge probe is fitted with its regularisation chosen by internal CV on
+those rows, and the fitted model is written into the head's linear layer. The run directory,
+`predict`, `evaluate`, `cv` and `compare` then treat it like any other method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from protadapt.adapters.registry import Method, register_method
+from protadapt.embeddings.cache import EmbeddingCache
+from protadapt.embeddings.extract import pooled_embeddings
+from protadapt.embeddings.probe import fit_probe
+from protadapt.files import write_json_atomic
+
+
+def fit_probe_predictor(predictor, datamodule, config, run_dir: Path) -> None:
+    """Fit the probe on every training row (its CV needs no separate validation rows) and load it into the head."""
+    head_layers = [m for m in predictor.head.layers if isinstance(m, nn.Linear)]
+    if len(head_layers) != 1:
+        raise ValueError("--method probe fits a linear head; unset head.hidden_dim (or use --method head for an MLP)")
+    train = datamodule.train
+    cache = EmbeddingCache(config.cache) if config.cache.enabled else None
+    features = pooled_embeddings(predictor.backbone, train["sequence"].tolist(), (-1,),
+                                 predictor.head_config.pooling, config.data.batch_size, cache)
+    labels = train["label"].to_numpy()
+    fit = fit_probe(features, labels, predictor.problem_type, predictor.head_config.num_outputs, config.seed)
+    linear = head_layers[0]
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(fit.weight, dtype=linear.weight.dtype))
+        linear.bias.copy_(torch.as_tensor(fit.bias, dtype=linear.bias.dtype))
+    write_json_atomic({"layer": fit.layer, "regularisation": fit.regularisation, "cv_score": fit.cv_score,
+                       "train_rows": int(len(train)), "model": "logistic" if predictor.problem_type == "classification"
+                       else "ridge"}, Path(run_dir) / "probe.json")
+
+
+register_method(Method("probe", lambda backbone, config: [], lambda architecture, config: 0,
+                       frozen_features=True, fit=fit_probe_predictor))
