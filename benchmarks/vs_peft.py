@@ -1,4 +1,4 @@
-"""protadapt vs Hugging Face PEFT on the same ESM-2 weights: LoRA and DoRA, rank 8, q/k/v/out.
+"""protadapt vs Hugging Face PEFT on the same weights: LoRA and DoRA, rank 8, q/k/v/out.
 
     .venv/bin/python -m benchmarks.vs_peft                    # writes benchmarks/results/vs_peft.md
     .venv/bin/python -m benchmarks.vs_peft --quick            # 8M, two small shapes, fewer repeats
@@ -10,6 +10,12 @@ with `HF_TO_FAIR_ESM`, wrapped by `peft.get_peft_model`. Both adapt exactly the 
 projections: PEFT's `target_modules=["query","key","value","dense"]` would also wrap
 `intermediate.dense`, `output.dense` (the FFN) and `classifier.dense`, so PEFT gets a full-name
 regex instead. A check at start-up asserts identical hidden states with identical adapter values.
+
+`--archs ESMC AntiBERTy`: the transformers families. ESM C: the 300M architecture's layer (width
+960, 15 heads, SwiGLU 2560) at 2 layers, random init, in protadapt's ESM C backbone vs
+`EsmcForSequenceClassification`; AntiBERTy: the real checkpoint (8 layers × 512) in protadapt's
+BERT backbone vs `BertForSequenceClassification`. Both sides run transformers' own modules, so
+these rows compare the adapters and the training loop around them.
 """
 
 from __future__ import annotations
@@ -30,14 +36,19 @@ from benchmarks.common import (RESULTS_DIR, environment_line, interleaved, markd
                     peak_memory, pick_device, run_worker)
 
 from protadapt.adapters import AdapterConfig, linear_adapters
-from protadapt.backbones import ARCHITECTURES, HF_DERIVED, hf_to_fair_esm_key, load_backbone
+from protadapt.backbones import ARCHITECTURES, HF_DERIVED, build_random, esmc, hf_to_fair_esm_key, load_backbone
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
 
 # the real HF configs of the ESM-2 checkpoints (config.json only), as shipped beside the repository
 HF_CONFIGS = Path(os.environ.get("PROTADAPT_MODEL_DIR", Path(__file__).resolve().parents[2] / "shared" / "models"))
-ARCHS = {"8M": "esm2_t6_8M_UR50D", "35M": "esm2_t12_35M_UR50D", "650M": "esm2_t33_650M_UR50D"}
+ARCHS = {"8M": "esm2_t6_8M_UR50D", "35M": "esm2_t12_35M_UR50D", "650M": "esm2_t33_650M_UR50D",
+         "ESMC": "esmc_300m", "AntiBERTy": "antiberty"}
+HF_ARCHS = ("ESMC", "AntiBERTy")  # transformers families: ours wraps the same transformers module
 PEFT_TARGETS = r"esm\.encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)"
+PEFT_HF_TARGETS = {"esmc": r"esmc\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
+                   "bert": r"bert\.encoder\.layer\.\d+\.attention\.(self\.(query|key|value)|output\.dense)"}
+ESMC_LAYERS = 2  # the 300M layer at 2 layers: a CPU step of the full 30 would take minutes
 # method label -> (protadapt method, detach_norm, PEFT use_dora)
 METHODS = {
     "LoRA": ("lora", False, False),
@@ -69,17 +80,20 @@ def build_pair(arch: str, method: str, device: torch.device, with_ours: bool = T
     from transformers import EsmForSequenceClassification
 
     ours_method, detach, use_dora = METHODS[method]
-    backbone = load_backbone(ARCHS[arch], random_init=True)
+    backbone = bench_backbone(arch)
     peft_model = None
-    if with_peft:
-        hf = EsmForSequenceClassification(hf_config(arch))
+    if with_peft and arch in HF_ARCHS:
+        hf, targets = hf_task_model(backbone), PEFT_HF_TARGETS[backbone.architecture.family]
+    elif with_peft:
+        hf, targets = EsmForSequenceClassification(hf_config(arch)), PEFT_TARGETS
         fair_state = backbone.model.state_dict()
         with torch.no_grad():
             for key, tensor in hf.state_dict().items():
                 if key.startswith(("classifier.", "esm.contact_head.")) or HF_DERIVED.search(key):
                     continue
                 tensor.copy_(fair_state[hf_to_fair_esm_key(key)])
-        peft_config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=PEFT_TARGETS,
+    if with_peft:
+        peft_config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=targets,
                                  use_dora=use_dora)
         peft_model = get_peft_model(hf, peft_config)
         for parameter in peft_model.base_model.model.classifier.parameters():
@@ -95,13 +109,40 @@ def build_pair(arch: str, method: str, device: torch.device, with_ours: bool = T
     return ours, peft_model
 
 
+def bench_backbone(arch: str):
+    """The backbone of one benchmark row: fair-esm random init, ESM C (2 layers), real AntiBERTy."""
+    if arch == "AntiBERTy":
+        return load_backbone("antiberty")
+    if arch == "ESMC":
+        config = {**ARCHITECTURES["esmc_300m"].hf_config, "num_hidden_layers": ESMC_LAYERS}
+        return build_random(esmc.esmc_architecture(f"esmc_300m_{ESMC_LAYERS}layers", config))
+    return load_backbone(ARCHS[arch], random_init=True)
+
+
+def hf_task_model(backbone):
+    """transformers' sequence classifier of the backbone's config, its encoder holding the same weights."""
+    import transformers
+
+    arch = backbone.architecture
+    kind = {"esmc": (transformers.EsmcConfig, transformers.EsmcForSequenceClassification),
+            "bert": (transformers.BertConfig, transformers.BertForSequenceClassification)}[arch.family]
+    model = kind[1](kind[0].from_dict(arch.hf_config, num_labels=2, attn_implementation="sdpa"))
+    missing, unexpected = model.base_model.load_state_dict(backbone.model.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith("pooler.") for key in missing), (missing, unexpected)
+    return model
+
+
 def peft_layers(peft_model) -> dict[str, torch.nn.Module]:
-    """PEFT LoRA layers keyed by the fair-esm path of the projection they wrap."""
+    """PEFT LoRA layers keyed by the path (inside protadapt's `backbone.model`) of the projection they wrap."""
+    prefix = peft_model.base_model.model.base_model_prefix
     found = {}
     for name, module in peft_model.named_modules():
         if hasattr(module, "lora_A") and hasattr(module, "base_layer") and "default" in getattr(module, "lora_A", {}):
-            key = re.sub(r"^base_model\.model\.", "", name) + ".weight"
-            found[hf_to_fair_esm_key(key).removesuffix(".weight")] = module
+            key = re.sub(r"^base_model\.model\.", "", name)
+            if prefix == "esm":
+                found[hf_to_fair_esm_key(key + ".weight").removesuffix(".weight")] = module
+            else:
+                found[key.removeprefix(prefix + ".")] = module
     return found
 
 
@@ -118,26 +159,28 @@ def check_same_function(arch: str, device: torch.device) -> float:
             peft_layer.lora_A["default"].weight.copy_(layer.down)
             peft_layer.lora_B["default"].weight.copy_(layer.up)
             peft_layer.lora_magnitude_vector["default"].weight.copy_(layer.magnitude)
-    tokens = random_tokens(2, 40, device)
+    tokens = random_tokens(2, 40, device, ours.backbone.tokenizer)
     ours.eval(), theirs.eval()
     with torch.no_grad():
         mine = ours.backbone(tokens)
-        other = theirs.base_model.model.esm(input_ids=tokens, attention_mask=tokens.ne(1)).last_hidden_state
+        mask = tokens.ne(ours.backbone.tokenizer.padding_idx)
+        other = theirs.base_model.model.base_model(input_ids=tokens, attention_mask=mask).last_hidden_state
     return float((mine - other).abs().max())
 
 
-def random_tokens(batch: int, length: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    """`length` tokens per row: BOS, residues, EOS; no padding (every row is full)."""
+def random_tokens(batch: int, length: int, device: torch.device, tokenizer, seed: int = 0) -> torch.Tensor:
+    """`length` tokens per row: BOS/CLS, random canonical residues, EOS/SEP; no padding (every row is full)."""
     generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(4, 24, (batch, length), generator=generator)
-    tokens[:, 0], tokens[:, -1] = 0, 2
+    residues = torch.tensor([tokenizer.get_idx(aa) for aa in "ACDEFGHIKLMNPQRSTVWY"])
+    tokens = residues[torch.randint(len(residues), (batch, length), generator=generator)]
+    tokens[:, 0], tokens[:, -1] = tokenizer.cls_idx, tokenizer.eos_idx
     return tokens.to(device)
 
 
 def step_functions(ours, theirs, tokens: torch.Tensor):
     """Closures: a full training step (forward, backward, AdamW) and an eval forward, per side."""
     labels = torch.arange(tokens.shape[0], device=tokens.device) % 2
-    mask = tokens.ne(1)
+    mask = torch.ones_like(tokens, dtype=torch.bool)  # random_tokens pads nothing
     calls = {}
     if ours is not None:
         calls["ours"] = lambda: ours(tokens)
@@ -171,7 +214,8 @@ def worker(args: list[str]) -> None:
     torch.set_num_threads(1)
     ours, theirs = build_pair(arch, method, device, with_ours=side == "ours", with_peft=side == "peft")
     gc.collect()
-    train, _ = step_functions(ours, theirs, random_tokens(int(batch), int(length), device))
+    tokenizer = (ours.backbone if ours is not None else bench_backbone(arch)).tokenizer
+    train, _ = step_functions(ours, theirs, random_tokens(int(batch), int(length), device, tokenizer))
     peak = peak_memory(lambda: [train[side]() for _ in range(2)], device)
     print(f'{{"peak": {peak}}}')
 
@@ -186,6 +230,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--archs", nargs="+", default=["8M", "35M"], choices=list(ARCHS))
     parser.add_argument("--shapes", nargs="+", default=["8x64", "16x128", "4x512"], help="batch x tokens")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared machine)")
     parser.add_argument("--no-memory", action="store_true")
@@ -212,9 +257,10 @@ def main() -> None:
             batch, length = parse_shape(shape)
             if arch != "8M" and batch * length > 512 and device.type == "cpu":
                 continue  # CPU time: 35M only on shapes of at most 512 tokens per batch
-            for method in METHODS:
+            for method in options.methods:
                 ours, theirs = build_pair(arch, method, device)
-                train, evaluate = step_functions(ours, theirs, random_tokens(batch, length, device))
+                tokens = random_tokens(batch, length, device, ours.backbone.tokenizer)
+                train, evaluate = step_functions(ours, theirs, tokens)
                 train_time = interleaved(train, device, options.repeats)
                 eval_time = interleaved(evaluate, device, options.repeats)
                 memory = {"ours": float("nan"), "peft": float("nan")}
@@ -244,7 +290,7 @@ def main() -> None:
     text = f"""# protadapt vs Hugging Face PEFT: same ESM-2 weights, LoRA and DoRA, rank 8, q/k/v/out
 
 Command: `{command}` ({options.repeats} interleaved timed runs per cell after a warm-up, median).
-{environment_line(device)}; random-init weights. Ratios are **protadapt / PEFT** (< 1: protadapt
+{environment_line(device)}; random-init weights (AntiBERTy: its real checkpoint). Ratios are **protadapt / PEFT** (< 1: protadapt
 faster or leaner; goal ≤ 1.0). Range of the ratios over all cells: {summary or "none"}.
 
 {markdown_table(header, rows)}

@@ -93,5 +93,5 @@ def layer_pairs(predictor: ProteinPredictor, pretrained: dict[str, torch.Tensor]
 def pretrained_weights(predictor: ProteinPredictor, metadata: dict) -> dict[str, torch.Tensor]:
     """W0 of the layers adapters would target, from a freshly loaded copy of the run's backbone."""
     fresh = backbone_from_metadata(metadata["backbone"]).model
-    names = find_targets(fresh, predictor.adapter_config.target_patterns())
+    names = find_targets(fresh, predictor.adapter_config.target_patterns(predictor.backbone.architecture))
     return {name: fresh.get_submodule(name).weight.detach().clone() for name in names}

@@ -322,15 +322,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _methods(args: argparse.Namespace) -> int:
     from protadapt.adapters import AdapterConfig, expected_trainable, method_names
-    from protadapt.backbones import ARCHITECTURES, hf_architecture
+    from protadapt.backbones import resolve_architecture
     from protadapt.config import RunConfig
 
     backbone = args.backbone or RunConfig.backbone
     rank = AdapterConfig.rank if args.rank is None else args.rank
-    path = Path(backbone)
-    architecture = hf_architecture(path) if path.is_dir() else ARCHITECTURES.get(backbone)
-    if architecture is None:
-        raise ValueError(f"unknown backbone '{backbone}'; choose one of {', '.join(ARCHITECTURES)} or an HF directory")
+    architecture = resolve_architecture(backbone)
     print(f"{'method':<8} {'trainable backbone params':>26}   ({architecture.name}, rank {rank}"
           f"{', attention + FFN' if args.include_ffn else ', attention q/k/v/out'}; the head adds its own)")
     for name in method_names():

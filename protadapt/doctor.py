@@ -11,7 +11,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("protadapt", "torch", "lightning", "fair-esm", "numpy", "pandas", "scikit-learn", "tensorboard")
+PACKAGES = ("protadapt", "torch", "lightning", "fair-esm", "numpy", "pandas", "scikit-learn", "tensorboard",
+            "transformers", "huggingface_hub", "antiberty")
 
 
 def report() -> str:
@@ -70,7 +71,21 @@ def weights() -> list[tuple[str, str]]:
             found.append(f"{name} -> {hits[0]}")
     rows.append(("models with weights", "; ".join(found) if found else
                  "none found (pass a .pt file or HF directory with --backbone, or use --random-init)"))
-    return rows
+    return rows + hf_weights()
+
+
+def hf_weights() -> list[tuple[str, str]]:
+    """The transformers families (ESM C, BERT): whether the extra is installed, which weights are found."""
+    from importlib.util import find_spec
+
+    from protadapt.backbones import hf_weight_locations
+    from protadapt.backbones.weights import HF_EXTRA
+
+    if find_spec("transformers") is None:
+        return [("ESM C / BERT backbones", f"transformers not installed: {HF_EXTRA}")]
+    hits = [f"{name} -> {path}" for name, path in hf_weight_locations().items() if path is not None]
+    return [("ESM C / BERT weights", "; ".join(hits) if hits else
+             "none found (put HF directories in $PROTADAPT_MODEL_DIR/<name>/, or use --random-init)")]
 
 
 def data() -> list[tuple[str, str]]:

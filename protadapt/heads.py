@@ -33,8 +33,7 @@ class HeadConfig:
 
 def residue_mask(tokens: torch.Tensor, backbone: Backbone) -> torch.Tensor:
     """True at amino-acid positions; False at BOS, EOS and padding."""
-    alphabet = backbone.alphabet
-    return (tokens != alphabet.padding_idx) & (tokens != alphabet.cls_idx) & (tokens != alphabet.eos_idx)
+    return backbone.residue_mask(tokens)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

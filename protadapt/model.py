@@ -16,7 +16,7 @@ from torch import nn
 from protadapt.adapters import AdapterConfig, AdapterError, DecomposedLinear, Method, adapter_state_dict, apply_method, \
     get_method, linear_adapters
 from protadapt.adapters.base import load_state_exact, load_tensors, save_tensors
-from protadapt.backbones import Architecture, Backbone, build_random, load_backbone
+from protadapt.backbones import Architecture, Backbone, load_backbone, rebuild
 from protadapt.heads import Head, HeadConfig, pool
 
 FORMAT_VERSION = 1
@@ -145,8 +145,4 @@ def check_compatible(metadata: dict, architecture: Architecture, adapter: Adapte
 
 def backbone_from_metadata(saved: dict) -> Backbone:
     """The backbone a run was trained on: rebuilt from its seed (random init) or loaded again."""
-    if not saved.get("pretrained"):
-        fields_ = {f: saved[f] for f in ("name", "family", "num_layers", "embed_dim", "attention_heads", "token_dropout")}
-        seed = int(saved.get("source", "").partition("seed=")[2] or 0)  # build_random's source names its seed
-        return build_random(Architecture(**fields_), seed=seed)  # weights are overwritten only where trained; see README
-    return load_backbone(saved["source"] if Path(saved["source"]).exists() else saved["name"])
+    return rebuild(saved)  # random init: weights are overwritten only where trained; see README

@@ -42,10 +42,12 @@ class AdapterConfig:
     shared: bool = False  # WeGeFT: one generator pair per projection kind and shape
     num_prompts: int = 16  # prompt tuning: p learnable vectors after BOS
 
-    def target_patterns(self) -> tuple[str, ...]:
+    def target_patterns(self, architecture=None) -> tuple[str, ...]:
+        """`targets`, else the backbone family's attention (+ FFN) linears; ESM's without an architecture."""
         if self.targets:
             return tuple(self.targets)
-        return ATTENTION_TARGETS + (FFN_TARGETS if self.include_ffn else ())
+        attention, ffn = (ATTENTION_TARGETS, FFN_TARGETS) if architecture is None else architecture.target_patterns()
+        return attention + (ffn if self.include_ffn else ())
 
     @classmethod
     def from_dict(cls, values: dict) -> "AdapterConfig":

@@ -1,15 +1,17 @@
-"""Prompt tuning (Lester et al. 2021, arXiv 2104.08691): `p` learnable input vectors after BOS.
+"""Prompt tuning (Lester et al. 2021, arXiv 2104.08691): `p` learnable input vectors after BOS/CLS.
 
-The backbone stays frozen; `Backbone.forward` inserts `backbone.prompt()` after the BOS embedding,
+The backbone stays frozen; its forward inserts `backbone.prompt()` after the first position,
 extends the padding mask, and drops those positions from its output, so pooling and the head see
-only the real tokens. ESM-2 only: its rotary positions are relative, so the shifted residues keep
-their pairwise geometry; ESM-1b's learned absolute positions would all move.
+only the real tokens. Rotary families (ESM-2, ESM C) take the vectors as input embeddings: their
+positions are relative, so the shifted residues keep their pairwise geometry. BERT takes them after
+its embedding layer, so the residues keep their learned positions. ESM-1b is refused: its learned
+absolute positions are added inside fair-esm's forward, and would all move.
 
-Initialisation: each vector is the input embedding of a random canonical amino acid, scaled as the
-first layer sees real tokens (`embed_scale`, and token dropout's 1 − 0.15·0.8 factor). Unlike the
-other methods the model is NOT unchanged at init — the residues attend to the extra tokens — so
-the spec's identity requirement (a) cannot hold; the tests check instead that the frozen weights
-are untouched and that predictions depend on the prompt vectors.
+Initialisation: each vector is the first layer's view of a random canonical amino acid
+(`Backbone.prompt_init`: for ESM-2 the input embedding scaled by `embed_scale` and token dropout's
+1 − 0.15·0.8). Unlike the other methods the model is NOT unchanged at init — the residues attend to
+the extra tokens — so the spec's identity requirement (a) cannot hold; the tests check instead that
+the frozen weights are untouched and that predictions depend on the prompt vectors.
 """
 
 from __future__ import annotations
@@ -36,21 +38,16 @@ class PromptEmbedding(Adapter):
 
 
 def amino_acid_init(backbone: Backbone, num_prompts: int) -> torch.Tensor:
-    """Input vectors of `num_prompts` random canonical amino acids (global RNG, as other inits)."""
-    model, alphabet = backbone.model, backbone.alphabet
-    indices = torch.tensor([alphabet.get_idx(aa) for aa in AMINO_ACIDS])
+    """First-layer vectors of `num_prompts` random canonical amino acids (global RNG, as other inits)."""
+    indices = torch.tensor([backbone.tokenizer.get_idx(aa) for aa in AMINO_ACIDS])
     chosen = indices[torch.randint(len(indices), (num_prompts,))]
-    vectors = model.embed_tokens.weight.detach()[chosen.to(model.embed_tokens.weight.device)] * model.embed_scale
-    if model.token_dropout:
-        vectors = vectors * (1 - 0.15 * 0.8)  # what Backbone.forward does to unmasked tokens
-    return vectors.clone()
+    return backbone.prompt_init(chosen).detach().clone()
 
 
 def apply(backbone: Backbone, config: AdapterConfig) -> list[str]:
     """Set `backbone.prompt`; wraps no layer, so the list of adapted paths is empty."""
-    if backbone.architecture.family != "esm2":
-        raise AdapterError(f"prompt tuning needs a rotary ESM-2 backbone; {backbone.architecture.name} "
-                           f"has learned positions, so use lora, dora or wegeft with it")
+    if backbone.PROMPT_REFUSAL:
+        raise AdapterError(f"{backbone.PROMPT_REFUSAL} ({backbone.architecture.name}), so use lora, dora or wegeft with it")
     if config.num_prompts < 1:
         raise AdapterError(f"prompt tuning needs num_prompts >= 1, got {config.num_prompts}")
     backbone.prompt = PromptEmbedding(amino_acid_init(backbone, config.num_prompts))

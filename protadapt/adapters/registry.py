@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from protadapt.adapters.base import AdapterConfig, AdapterError, LinearAdapter, replace_linears
-from protadapt.backbones import Architecture, Backbone
+from protadapt.backbones import Architecture, Backbone, linear_shapes
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ def linear_method(name: str, layer: type[LinearAdapter], **capabilities) -> Meth
     """A method that wraps every target linear with `layer(linear, config)`."""
 
     def apply(backbone: Backbone, config: AdapterConfig) -> list[str]:
-        return replace_linears(backbone.model, config.target_patterns(), lambda _, linear: layer(linear, config))
+        return replace_linears(backbone.model, config.target_patterns(backbone.architecture),
+                               lambda _, linear: layer(linear, config))
 
     def count(architecture: Architecture, config: AdapterConfig) -> int:
         return sum(layer.num_params(i, o, config) for _, i, o in target_shapes(architecture, config))
@@ -65,10 +66,5 @@ def linear_method(name: str, layer: type[LinearAdapter], **capabilities) -> Meth
 
 def target_shapes(architecture: Architecture, config: AdapterConfig) -> list[tuple[str, int, int]]:
     """(path, in, out) of every linear the targets select, derived from the architecture alone."""
-    e, f = architecture.embed_dim, architecture.ffn_dim
-    linears = []
-    for i in range(architecture.num_layers):
-        linears += [(f"layers.{i}.self_attn.{p}", e, e) for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
-        linears += [(f"layers.{i}.fc1", e, f), (f"layers.{i}.fc2", f, e)]
-    patterns = [re.compile(p) for p in config.target_patterns()]
-    return [entry for entry in linears if any(p.fullmatch(entry[0]) for p in patterns)]
+    patterns = [re.compile(p) for p in config.target_patterns(architecture)]
+    return [entry for entry in linear_shapes(architecture) if any(p.fullmatch(entry[0]) for p in patterns)]

@@ -107,7 +107,7 @@ class WeGeFTLinear(LinearAdapter):
 def apply(backbone: Backbone, config: AdapterConfig) -> list[str]:
     """Wrap the target linears; in shared mode first register `backbone.wegeft_generators`."""
     if not config.shared:
-        return replace_linears(backbone.model, config.target_patterns(),
+        return replace_linears(backbone.model, config.target_patterns(backbone.architecture),
                                lambda _, linear: WeGeFTLinear(linear, config.rank))
     generators = WeGeFTGenerators(config.rank)
     backbone.wegeft_generators = generators
@@ -116,7 +116,7 @@ def apply(backbone: Backbone, config: AdapterConfig) -> list[str]:
         kind = path.rpartition(".")[2]
         return WeGeFTLinear(linear, config.rank, shared=(generators, generators.key_for(kind, linear)))
 
-    return replace_linears(backbone.model, config.target_patterns(), wrap)
+    return replace_linears(backbone.model, config.target_patterns(backbone.architecture), wrap)
 
 
 def count(architecture: Architecture, config: AdapterConfig) -> int:

@@ -1,0 +1,233 @@
+"""fair-esm ESM-2 and ESM-1b: the architectures, the fast forward (SDPA attention, fused GELU), and
+fair-esm `.pt` checkpoints. HF-format ESM-2 directories are read by `esm_hf` into the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import esm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from protadapt.backbones.base import Architecture, Backbone, BackboneError, drop_prompt, insert_prompt, register_family
+from protadapt.backbones.weights import one_line
+
+FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
+MAX_RESIDUES = 1022  # ESM-2 and ESM-1b were trained on 1024 tokens: BOS + 1022 residues + EOS
+
+
+def _esm2(name: str, layers: int, dim: int, heads: int) -> Architecture:
+    return Architecture(name, "esm2", layers, dim, heads)
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "tiny": _esm2("tiny", 2, 32, 4),
+    "esm2_t6_8M_UR50D": _esm2("esm2_t6_8M_UR50D", 6, 320, 20),
+    "esm2_t12_35M_UR50D": _esm2("esm2_t12_35M_UR50D", 12, 480, 20),
+    "esm2_t30_150M_UR50D": _esm2("esm2_t30_150M_UR50D", 30, 640, 20),
+    "esm2_t33_650M_UR50D": _esm2("esm2_t33_650M_UR50D", 33, 1280, 20),
+    "esm2_t36_3B_UR50D": _esm2("esm2_t36_3B_UR50D", 36, 2560, 40),
+    "esm2_t48_15B_UR50D": _esm2("esm2_t48_15B_UR50D", 48, 5120, 40),
+    "esm1b_t33_650M_UR50S": Architecture("esm1b_t33_650M_UR50S", "esm1b", 33, 1280, 20, True),
+}
+
+# sha256 of published files, checked after a download (HF-hub safetensors, from shared/models).
+KNOWN_SHA256: dict[str, str] = {
+    "esm2_t6_8M_UR50D/model.safetensors": "c78322372c5f2a2db07ff6df20637701d82eb255aa32e2623c2db18553db28d9",
+    "esm2_t12_35M_UR50D/model.safetensors": "da93c01fb49062629d1e9040290fda26b7a69bb3daaccf8c2c16adf509f086d8",
+}
+
+
+class ESMBackbone(Backbone):
+    """fair-esm ESM-2: final-layer representations by the fast forward below; the tokenizer is
+    fair-esm's `Alphabet` (BOS=`<cls>`, EOS, padding, `<mask>` for token dropout)."""
+
+    ATTENTION_TARGETS = (r"layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",)
+    FFN_TARGETS = (r"layers\.\d+\.(fc1|fc2)",)
+    MAX_RESIDUES = MAX_RESIDUES
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """fair-esm's ESM2.forward up to the final layer norm, with an optional prompt insertion."""
+        model = self.model
+        padding_mask = tokens.eq(model.padding_idx)
+        x = model.embed_scale * model.embed_tokens(tokens)
+        if model.token_dropout:
+            x = x.masked_fill((tokens == model.mask_idx).unsqueeze(-1), 0.0)
+            mask_ratio_train = 0.15 * 0.8
+            src_lengths = (~padding_mask).sum(-1)
+            mask_ratio_observed = (tokens == model.mask_idx).sum(-1).to(x.dtype) / src_lengths
+            x = x * (1 - mask_ratio_train) / (1 - mask_ratio_observed)[:, None, None]
+        x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
+        prompt = self._prompt_vectors(x)
+        x, keep = insert_prompt(x, ~padding_mask, prompt)
+        padding_mask = ~keep
+        x = x.transpose(0, 1)
+        attention_padding = padding_mask if padding_mask.any() else None
+        for layer in model.layers:
+            x = transformer_layer(layer, x, attention_padding)
+        x = model.emb_layer_norm_after(x).transpose(0, 1)
+        return drop_prompt(x, 0 if prompt is None else prompt.shape[0])
+
+    def prompt_init(self, residues: torch.Tensor) -> torch.Tensor:
+        """Input embeddings scaled as the first layer sees unmasked tokens (embed_scale, token dropout)."""
+        model = self.model
+        vectors = model.embed_tokens.weight.detach()[residues.to(model.embed_tokens.weight.device)] * model.embed_scale
+        if model.token_dropout:
+            vectors = vectors * (1 - 0.15 * 0.8)  # what forward does to unmasked tokens
+        return vectors
+
+
+class ESM1bBackbone(ESMBackbone):
+    """fair-esm ESM-1b: learned absolute positions, so fair-esm's own forward and no prompt tuning."""
+
+    PROMPT_REFUSAL = "prompt tuning needs a rotary ESM-2 backbone; ESM-1b has learned positions"
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.prompt is not None:
+            raise BackboneError(self.PROMPT_REFUSAL)
+        num_layers = self.architecture.num_layers
+        return self.model(tokens, repr_layers=[num_layers])["representations"][num_layers]
+
+
+register_family("esm2", ESMBackbone)
+register_family("esm1b", ESM1bBackbone)
+
+
+def transformer_layer(layer: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """fair-esm's pre-norm ESM-2 TransformerLayer, with attention and GELU as fused kernels.
+
+    `F.gelu` is the same exact-erf GELU as fair-esm's `x·½(1 + erf(x/√2))` (within 1.5e-6), but one
+    kernel that keeps one tensor for backward instead of three: ~8× faster and the FFN's largest
+    activation saving (benchmarks/results/vs_peft.md).
+    """
+    residual = x
+    x = residual + self_attention(layer.self_attn, layer.self_attn_layer_norm(x), padding_mask)
+    residual = x
+    x = layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
+    return residual + x
+
+
+def self_attention(attn: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """fair-esm's rotary multi-head attention (T × B × E in and out) via scaled_dot_product_attention.
+
+    Same arithmetic as `esm.multihead_attention.MultiheadAttention` (q scaled before the rotary
+    embedding, hence `scale=1`), without materialising the T × T weights for backward.
+    """
+    length, batch, width = x.shape
+    heads, head_dim = attn.num_heads, attn.head_dim
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # (T, B, E) -> (B·H, T, d), fair-esm's layout
+        return t.reshape(length, batch * heads, head_dim).transpose(0, 1)
+
+    q, k = attn.rot_emb(split(attn.q_proj(x) * attn.scaling), split(attn.k_proj(x)))
+    v = split(attn.v_proj(x))
+    q, k, v = (t.reshape(batch, heads, length, head_dim) for t in (q, k, v))
+    mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+    return attn.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, width))
+
+
+def build_esm(architecture: Architecture) -> tuple[nn.Module, esm.data.Alphabet]:
+    """fair-esm's module for the architecture, with fair-esm's initialisation."""
+    alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    if architecture.family == "esm2":
+        model = esm.model.esm2.ESM2(architecture.num_layers, architecture.embed_dim,
+                                    architecture.attention_heads, alphabet, architecture.token_dropout)
+    else:
+        args = argparse.Namespace(
+            arch="roberta_large", layers=architecture.num_layers, embed_dim=architecture.embed_dim,
+            ffn_embed_dim=architecture.ffn_dim, attention_heads=architecture.attention_heads,
+            max_positions=1024, emb_layer_norm_before=True, token_dropout=architecture.token_dropout,
+            dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+        )
+        model = esm.model.esm1.ProteinBertModel(args, alphabet)
+    return model, alphabet
+
+
+def esm_linear_shapes(architecture: Architecture) -> list[tuple[str, int, int]]:
+    """(path, in, out) of every adaptable linear, from the architecture alone."""
+    e, f = architecture.embed_dim, architecture.ffn_dim
+    linears = []
+    for i in range(architecture.num_layers):
+        linears += [(f"layers.{i}.self_attn.{p}", e, e) for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+        linears += [(f"layers.{i}.fc1", e, f), (f"layers.{i}.fc2", f, e)]
+    return linears
+
+
+def wrap_esm(model: nn.Module, alphabet, architecture: Architecture, pretrained: bool, source: str) -> ESMBackbone:
+    return (ESMBackbone if architecture.family == "esm2" else ESM1bBackbone)(model, alphabet, architecture, pretrained, source)
+
+
+# ---------------------------------------------------------------- fair-esm `.pt` checkpoints
+
+
+def load_fair_esm_checkpoint(path: Path, name: str | None = None) -> Backbone:
+    """Read a fair-esm checkpoint safely (weights_only, only argparse.Namespace allowed)."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise BackboneError(f"{path}: not a readable fair-esm checkpoint ({one_line(error)})") from None
+    if not isinstance(data, dict) or "model" not in data or not ({"cfg", "args"} & set(data)):
+        raise BackboneError(f"{path}: not a fair-esm checkpoint (expected a dict with 'model' and 'cfg' or 'args')")
+    architecture = _architecture_from_fair_esm(data, name or path.stem, path)
+    state = {_strip_fairseq_prefix(key): value for key, value in data["model"].items()}
+    regression = path.with_name(path.stem + "-contact-regression.pt")
+    if regression.exists():
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                state.update(torch.load(regression, map_location="cpu", weights_only=True)["model"])
+        except Exception as error:
+            raise BackboneError(f"{regression}: not a readable contact-regression file ({one_line(error)})") from None
+    model, alphabet = build_esm(architecture)
+    if architecture.family == "esm1b" and "embed_tokens.weight" in state:
+        state["embed_tokens.weight"][alphabet.mask_idx].zero_()  # as fair-esm does, for token drop
+    load_state_strict(model, state, path)
+    return wrap_esm(model, alphabet, architecture, pretrained=True, source=str(path))
+
+
+def _architecture_from_fair_esm(data: dict, name: str, path: Path) -> Architecture:
+    if "cfg" in data:
+        cfg = data["cfg"]["model"]
+        return Architecture(name, "esm2", cfg.encoder_layers, cfg.encoder_embed_dim,
+                            cfg.encoder_attention_heads, bool(cfg.token_dropout))
+    args = data["args"]
+    if getattr(args, "arch", None) != "roberta_large":
+        raise BackboneError(f"{path}: architecture '{getattr(args, 'arch', '?')}' is not supported (ESM-2 and ESM-1b are)")
+
+    def arg(key: str):  # fairseq saves `encoder_layers`; fair-esm strips the `encoder_` prefix
+        value = getattr(args, f"encoder_{key}", getattr(args, key, None))
+        if value is None:
+            raise BackboneError(f"{path}: ESM-1b args lack '{key}' (or 'encoder_{key}')")
+        return value
+
+    return Architecture(name, "esm1b", arg("layers"), arg("embed_dim"), arg("attention_heads"),
+                        bool(getattr(args, "token_dropout", False)))
+
+
+def _strip_fairseq_prefix(key: str) -> str:
+    return re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", key)
+
+
+def load_state_strict(model: nn.Module, state: dict, source: Path, optional: tuple[str, ...] = ("contact_head.",)) -> None:
+    expected = set(model.state_dict())
+    missing = sorted(k for k in expected - set(state) if not k.startswith(optional))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise BackboneError(f"{source}: weights do not fit the architecture: {'; '.join(parts)}")
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    for key, value in state.items():
+        if value.shape != shapes[key]:
+            raise BackboneError(f"{source}: tensor {key} has shape {tuple(value.shape)}, the architecture needs {tuple(shapes[key])}")
+    model.load_state_dict(state, strict=False)
+
+
