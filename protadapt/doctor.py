@@ -17,7 +17,8 @@ PACKAGES = ("protadapt", "torch", "lightning", "fair-esm", "numpy", "pandas", "s
 
 def report() -> str:
     """The whole report as text, one `key: value` line per fact, grouped under headings."""
-    sections = [("versions", versions()), ("devices", devices()), ("weights", weights()), ("data", data())]
+    sections = [("versions", versions()), ("devices", devices()), ("weights", weights()),
+                ("backbones usable now", usable_backbones()), ("data", data())]
     lines = []
     for title, rows in sections:
         lines.append(f"[{title}]")
@@ -72,6 +73,35 @@ def weights() -> list[tuple[str, str]]:
     rows.append(("models with weights", "; ".join(found) if found else
                  "none found (pass a .pt file or HF directory with --backbone, or use --random-init)"))
     return rows + hf_weights()
+
+
+def usable_backbones() -> list[tuple[str, str]]:
+    """Per named backbone: ready (weights here), downloadable (online only), or which extra to install."""
+    from importlib.util import find_spec
+
+    from protadapt.backbones import ARCHITECTURES, HF_FAMILIES, hf_weight_locations, weight_search_paths
+    from protadapt.backbones.bert import ANTIBERTY
+
+    has_hf = find_spec("transformers") is not None
+    hf_found = hf_weight_locations() if has_hf else {}
+    rows = []
+    for name, architecture in ARCHITECTURES.items():
+        if name == "tiny":
+            continue
+        if architecture.family not in HF_FAMILIES:
+            hits = [path for path in weight_search_paths(name) if path.exists()]
+            status = f"ready ({hits[0]})" if hits else "downloadable from fair-esm when online (or --random-init)"
+        elif not has_hf:
+            status = "install the extra: pip install 'protadapt[antiberty]'" if name == ANTIBERTY \
+                else "install the extra: pip install 'protadapt[hf]'"
+        elif hf_found.get(name):
+            status = f"ready ({hf_found[name]})"
+        elif name == ANTIBERTY:
+            status = "install its weights: pip install 'protadapt[antiberty]'"
+        else:
+            status = "downloadable from the Hugging Face hub when online (or --random-init)"
+        rows.append((name, status))
+    return rows
 
 
 def hf_weights() -> list[tuple[str, str]]:

@@ -1,5 +1,5 @@
 """Real pretrained weights, offline: AntiBERTy from the installed antiberty package (the test extra
-installs `antiberty==0.1.3` with --no-deps). Its states equal transformers' `BertModel` on the same
+installs `antiberty==0.1.3` through the antiberty extra). Its states equal transformers' `BertModel` on the same
 file, it recovers masked antibody residues its random-init twin cannot (on bbb peptides, outside its
 domain, it is near chance: both printed), and fit → predict → reload runs with DoRA."""
 

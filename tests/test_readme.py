@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -129,3 +130,32 @@ def test_tutorial_commands_run(tmp_path):
     assert list((tmp_path / "runs" / "bbb-lora" / "logs" / "fit").glob("events.out.tfevents.*"))
     assert len((tmp_path / "peptides.predictions.csv").read_text().splitlines()) == 11
     assert (tmp_path / "runs" / "cv-bbb-bidora" / "summary.md").exists()
+
+
+@pytest.mark.slow
+def test_first_command_runs_on_a_fresh_clone_with_only_a_package_index(tmp_path):
+    """README's first command exactly as written: a fresh venv, no PROTADAPT_* variables, no data directory."""
+    setup = section("Set up")
+    first = re.findall(r"```bash\n(.*?)```", setup, flags=re.S)[0].strip()
+    assert "--backbone antiberty" in first and "PROTADAPT" not in first
+    clone = tmp_path / "clone"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        target = clone / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((REPO / name).read_bytes())
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PROTADAPT_", "PYTHON", "VIRTUAL_ENV"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p
+                                  and ".ci-venv" not in p)
+    env["HOME"] = os.environ.get("HOME", str(tmp_path))  # pip's own configuration and cache stay
+    env["PROTADAPT_CACHE_DIR"] = str(tmp_path / "embedding-cache")  # not the user's (the command sets none)
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", first], cwd=clone, env=env, capture_output=True,
+                            text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((clone / "runs" / "quickstart" / "metrics.json").read_text())
+    print(f"\nREADME first command (AntiBERTy, DoRA, 5 epochs): test accuracy {metrics['test']['accuracy']:.3f}, "
+          f"AUROC {metrics['test']['auroc']:.3f}")
+    assert '"test"' in result.stdout and "accuracy" in result.stdout  # fit prints the test metrics
+    predictions = clone / "peptides.predictions.csv"
+    assert len(predictions.read_text().splitlines()) == 11  # header + the 10 example peptides

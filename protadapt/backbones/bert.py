@@ -2,7 +2,7 @@
 local HF BERT directory with its `vocab.txt`.
 
 AntiBERTy (Ruffolo et al. 2021, MIT licence; 8 layers × 512, 26 M parameters, 558 M antibody
-sequences) is located in the installed `antiberty` package (`pip install --no-deps antiberty==0.1.3`):
+sequences) is located in the installed `antiberty` package (`pip install 'protadapt[antiberty]'`):
 `trained_models/AntiBERTy_md_smooth/{config.json, pytorch_model.bin}` and `trained_models/vocab.txt`.
 ProtBert (`Rostlab/prot_bert`) comes from `$PROTADAPT_MODEL_DIR/prot_bert/`, the HF cache, or the hub.
 Tokens are looked up per residue (its tokenizer's space-separated input gives the same ids).
@@ -104,7 +104,7 @@ def antiberty_directory() -> Path:
             return path
     spec = importlib.util.find_spec("antiberty")
     if spec is None or not spec.submodule_search_locations:
-        raise BackboneError("antiberty weights not found: pip install --no-deps antiberty==0.1.3 "
+        raise BackboneError("antiberty weights not found: pip install 'protadapt[antiberty]' "
                             "(or put its config.json, pytorch_model.bin and vocab.txt in $PROTADAPT_MODEL_DIR/antiberty/)")
     return Path(list(spec.submodule_search_locations)[0]) / ANTIBERTY_DIR
 

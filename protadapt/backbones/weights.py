@@ -9,6 +9,7 @@ then downloaded into that cache.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.request
@@ -20,6 +21,9 @@ from protadapt.backbones.base import BackboneError
 
 MODEL_DIR_ENV = "PROTADAPT_MODEL_DIR"
 HF_EXTRA = 'pip install "protadapt[hf]"'
+
+
+log = logging.getLogger(__name__)
 
 
 def weight_search_paths(name: str) -> list[Path]:
@@ -84,6 +88,9 @@ def download(url: str, destination: Path, sha256: str | None = None) -> Path:
                 out.write(chunk)
         if sha256 and digest.hexdigest() != sha256:
             raise OSError(f"checksum mismatch for {url}: got {digest.hexdigest()}, expected {sha256}")
+        if not sha256:
+            log.warning("%s: sha256 not verified (no published digest for this file); sha256 %s",
+                        destination.name, digest.hexdigest())
         os.replace(tmp, destination)
     finally:
         if os.path.exists(tmp):
