@@ -23,7 +23,7 @@ def test_report_names_versions_devices_weights_and_data(tmp_path, monkeypatch, s
 
     text = doctor.report()
 
-    for heading in ("[versions]", "[devices]", "[weights]", "[data]"):
+    for heading in ("[versions]", "[devices]", "[weights]", "[backbones usable now]", "[data]"):
         assert heading in text
     assert f"torch: {torch.__version__}" in text
     for package in ("python", "lightning", "fair-esm", "protadapt"):
@@ -32,8 +32,13 @@ def test_report_names_versions_devices_weights_and_data(tmp_path, monkeypatch, s
     assert f"PROTADAPT_MODEL_DIR: {models}" in text
     assert f"esm2_t6_8M_UR50D -> {models / 'esm2_t6_8M_UR50D.pt'}" in text
     assert f"esm2_t12_35M_UR50D -> {models / 'esm2_t12_35M_UR50D'}" in text
-    assert "esm2_t33_650M_UR50D" not in text
-    assert f"task bbb: found ({data / 'bbb' / 'bbb.csv'})" in text
+    weights = text.split("[weights]")[1].split("[backbones usable now]")[0]
+    assert "esm2_t33_650M_UR50D" not in weights
+    usable = dict(doctor.usable_backbones())
+    assert usable["esm2_t6_8M_UR50D"] == f"ready ({models / 'esm2_t6_8M_UR50D.pt'})"
+    assert usable["esm2_t33_650M_UR50D"].startswith("downloadable from fair-esm")
+    assert usable["antiberty"].startswith("ready (")  # the antiberty extra is part of [dev]
+    assert "task bbb: found (" in text and "bundled" in text  # bbb ships inside the package
     assert "task mic: missing" in text
 
 
