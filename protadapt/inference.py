@@ -66,7 +66,9 @@ def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
 def cached_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: int,
                   cache: EmbeddingCache) -> np.ndarray:
     """The head on cached pooled embeddings: the same numbers as the forward, without re-embedding."""
-    pooled = pooled_embeddings(predictor.backbone, frame["sequence"].tolist(), (-1,), predictor.head_config.pooling,
+    backbone = predictor.backbone
+    layer = backbone.architecture.num_layers if backbone.output_layer is None else backbone.output_layer
+    pooled = pooled_embeddings(backbone, frame["sequence"].tolist(), (layer,), predictor.head_config.pooling,
                                batch_size, cache)
     device = next(predictor.parameters()).device
     was_training = predictor.training

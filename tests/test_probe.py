@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from protadapt import backbones
+from protadapt.backbones.esm import ESMBackbone
 from protadapt.backbones import load_backbone
 from protadapt.cli import main
 from protadapt.config import load_config
@@ -30,15 +30,15 @@ def cache_dir(tmp_path, monkeypatch):
 
 @pytest.fixture
 def forward_calls(monkeypatch):
-    """Counts backbone forward passes (every embedding goes through one)."""
+    """Counts ESM-2 passes (the forward and every embedding go through `hidden_states`)."""
     calls = {"n": 0}
-    original = backbones.Backbone.forward
+    original = ESMBackbone.hidden_states
 
-    def counted(self, tokens):
+    def counted(self, tokens, layers):
         calls["n"] += 1
-        return original(self, tokens)
+        return original(self, tokens, layers)
 
-    monkeypatch.setattr(backbones.Backbone, "forward", counted)
+    monkeypatch.setattr(ESMBackbone, "hidden_states", counted)
     return calls
 
 
@@ -134,3 +134,39 @@ def test_embed_equals_the_models_pooled_representation(tmp_path, suffix, capsys)
         start, end = data["offsets"][index], data["offsets"][index + 1]
         assert end - start == length
         np.testing.assert_allclose(data["residues_layer2"][start:end], hidden[row, 1:length + 1].numpy(), atol=1e-6)
+
+
+def test_probe_keeps_the_layer_with_the_best_internal_cv_score_and_reloads_it(tmp_path, cache_dir):
+    from protadapt.embeddings.probe import fit_probe
+    from protadapt.inference import predict_scores
+    from protadapt.model import ProteinPredictor
+
+    config = probe_config(tmp_path, "tiny", "adapter.probe_layers=[0,1,2]")
+    fit(config, tmp_path / "run")
+    frame = get_task("bbb").load()
+    train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
+    backbone = load_backbone("tiny", random_init=True)
+    features = pooled_embeddings(backbone, train["sequence"].tolist(), (0, 1, 2))
+    expected = fit_probe(features, train["label"].to_numpy(), "classification", 2, seed=0)
+    saved = json.loads((tmp_path / "run" / "adapter.json").read_text())
+    assert saved["adapter"]["probe_layers"] == [expected.layer]
+    assert json.loads((tmp_path / "run" / "probe.json").read_text())["layer"] == expected.layer
+    predictor, _ = ProteinPredictor.load(tmp_path / "run")
+    assert predictor.backbone.output_layer == (None if expected.layer == 2 else expected.layer)
+    x_test = pooled_embeddings(backbone, test["sequence"].tolist(), (expected.layer,))[expected.layer]
+    from protadapt.embeddings.probe import probe_scores
+
+    np.testing.assert_allclose(predict_scores(predictor, test), probe_scores(expected, x_test, "classification"),
+                               atol=2e-6)
+
+
+def test_inner_layers_equal_fair_esm_representations():
+    backbone = load_backbone("esm2_t6_8M_UR50D", random_init=True).eval()
+    tokens = torch.tensor([[0, 5, 6, 7, 8, 9, 2, 1], [0, 5, 6, 7, 8, 9, 10, 2]])
+    with torch.no_grad():
+        reference = backbone.model(tokens, repr_layers=[0, 3, 6])["representations"]
+        states = backbone.hidden_states(tokens, [0, 3, 6])
+        for layer in (0, 3, 6):
+            torch.testing.assert_close(states[layer], reference[layer], atol=1e-5, rtol=0)
+        backbone.output_layer = 3
+        torch.testing.assert_close(backbone(tokens), reference[3], atol=1e-5, rtol=0)

@@ -32,7 +32,7 @@ class AdapterError(ValueError):
 class AdapterConfig:
     """How the backbone is adapted. Fields a method does not use are ignored by it."""
 
-    method: str = "lora"  # lora | dora | bidora | wegeft | prompt | full | head
+    method: str = "lora"  # lora | dora | bidora | wegeft | prompt | full | head | probe
     rank: int = 8  # r
     alpha: float = 16.0  # α; the low-rank update is scaled by α / r
     dropout: float = 0.0  # on the low-rank input path only
@@ -41,6 +41,7 @@ class AdapterConfig:
     detach_norm: bool = False  # DoRA: ‖V‖ treated as a constant in backward (DoRA paper §4.3)
     shared: bool = False  # WeGeFT: one generator pair per projection kind and shape
     num_prompts: int = 16  # prompt tuning: p learnable vectors after BOS
+    probe_layers: tuple[int, ...] = (-1,)  # probe: candidate layers (0 embeddings … -1 last); best by internal CV
 
     def target_patterns(self, architecture=None) -> tuple[str, ...]:
         """`targets`, else the backbone family's attention (+ FFN) linears; ESM's without an architecture."""

@@ -67,6 +67,14 @@ class Backbone(nn.Module):
         self.pretrained = pretrained
         self.source = source
         self.prompt: nn.Module | None = None
+        self.output_layer: int | None = None  # stop after this many blocks (a probe's layer); None: the last
+
+    def hidden_states(self, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Per-residue states after each requested block (0: embeddings; the last: the final output)."""
+        if layers == [self.architecture.num_layers] and self.output_layer is None:
+            return {layers[0]: self(tokens)}
+        raise BackboneError(f"states of inner layers need an ESM-2 backbone; {self.architecture.name} "
+                            "gives its last layer only (use probe_layers=[-1] / --layers -1)")
 
     @property
     def alphabet(self):

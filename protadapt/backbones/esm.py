@@ -49,8 +49,14 @@ class ESMBackbone(Backbone):
     MAX_RESIDUES = MAX_RESIDUES
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """fair-esm's ESM2.forward up to the final layer norm, with an optional prompt insertion."""
-        model = self.model
+        """fair-esm's ESM2.forward up to the final layer norm (or `output_layer`), with an optional prompt."""
+        depth = self.architecture.num_layers if self.output_layer is None else self.output_layer
+        return self.hidden_states(tokens, [depth])[depth]
+
+    def hidden_states(self, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """States after block i for each requested i, as fair-esm's `repr_layers` gives them: 0 the
+        embeddings, the last after the final layer norm, and the blocks in between without it."""
+        model, last = self.model, self.architecture.num_layers
         padding_mask = tokens.eq(model.padding_idx)
         x = model.embed_scale * model.embed_tokens(tokens)
         if model.token_dropout:
@@ -62,13 +68,15 @@ class ESMBackbone(Backbone):
         x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
         prompt = self._prompt_vectors(x)
         x, keep = insert_prompt(x, ~padding_mask, prompt)
-        padding_mask = ~keep
+        num_prompts = 0 if prompt is None else prompt.shape[0]
+        attention_padding = ~keep if (~keep).any() else None
         x = x.transpose(0, 1)
-        attention_padding = padding_mask if padding_mask.any() else None
-        for layer in model.layers:
+        states = {0: x} if 0 in layers else {}
+        for depth, layer in enumerate(model.layers[:max(layers)], start=1):
             x = transformer_layer(layer, x, attention_padding)
-        x = model.emb_layer_norm_after(x).transpose(0, 1)
-        return drop_prompt(x, 0 if prompt is None else prompt.shape[0])
+            if depth in layers:
+                states[depth] = model.emb_layer_norm_after(x) if depth == last else x
+        return {depth: drop_prompt(state.transpose(0, 1), num_prompts) for depth, state in states.items()}
 
     def prompt_init(self, residues: torch.Tensor) -> torch.Tensor:
         """Input embeddings scaled as the first layer sees unmasked tokens (embed_scale, token dropout)."""
@@ -84,11 +92,11 @@ class ESM1bBackbone(ESMBackbone):
 
     PROMPT_REFUSAL = "prompt tuning needs a rotary ESM-2 backbone; ESM-1b has learned positions"
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def hidden_states(self, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
         if self.prompt is not None:
             raise BackboneError(self.PROMPT_REFUSAL)
-        num_layers = self.architecture.num_layers
-        return self.model(tokens, repr_layers=[num_layers])["representations"][num_layers]
+        representations = self.model(tokens, repr_layers=list(layers))["representations"]
+        return {layer: representations[layer] for layer in layers}
 
 
 register_family("esm2", ESMBackbone)

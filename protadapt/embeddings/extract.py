@@ -75,10 +75,7 @@ def embed_batches(backbone, frame: pd.DataFrame, layers: Sequence[int], poolings
 
 
 def hidden_states(backbone, tokens: torch.Tensor, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """Per-residue states of the requested layers; the final layer alone needs only the ordinary forward."""
-    last = backbone.architecture.num_layers
-    if list(layers) == [last]:
-        return {last: backbone(tokens)}
+    """Per-residue states of the requested layers (the backbone's own `hidden_states`, one pass)."""
     return backbone.hidden_states(tokens, list(layers))
 
 

@@ -8,6 +8,7 @@ those rows, and the fitted model is written into the head's linear layer. The ru
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch import nn
 
 from protadapt.adapters.registry import Method, register_method
 from protadapt.embeddings.cache import EmbeddingCache
-from protadapt.embeddings.extract import pooled_embeddings
+from protadapt.embeddings.extract import pooled_embeddings, resolve_layer
 from protadapt.embeddings.probe import fit_probe
 from protadapt.files import write_json_atomic
 
@@ -28,10 +29,14 @@ def fit_probe_predictor(predictor, datamodule, config, run_dir: Path) -> None:
         raise ValueError("--method probe fits a linear head; unset head.hidden_dim (or use --method head for an MLP)")
     train = datamodule.train
     cache = EmbeddingCache(config.cache) if config.cache.enabled else None
-    features = pooled_embeddings(predictor.backbone, train["sequence"].tolist(), (-1,),
+    backbone = predictor.backbone
+    backbone.output_layer = None  # every candidate layer comes from one pass
+    features = pooled_embeddings(backbone, train["sequence"].tolist(), predictor.adapter_config.probe_layers,
                                  predictor.head_config.pooling, config.data.batch_size, cache)
     labels = train["label"].to_numpy()
     fit = fit_probe(features, labels, predictor.problem_type, predictor.head_config.num_outputs, config.seed)
+    predictor.adapter_config = replace(predictor.adapter_config, probe_layers=(fit.layer,))  # saved with the run
+    use_layer(backbone, predictor.adapter_config)
     linear = head_layers[0]
     with torch.no_grad():
         linear.weight.copy_(torch.as_tensor(fit.weight, dtype=linear.weight.dtype))
@@ -41,5 +46,13 @@ def fit_probe_predictor(predictor, datamodule, config, run_dir: Path) -> None:
                        else "ridge"}, Path(run_dir) / "probe.json")
 
 
-register_method(Method("probe", lambda backbone, config: [], lambda architecture, config: 0,
-                       frozen_features=True, fit=fit_probe_predictor))
+def use_layer(backbone, config) -> list[str]:
+    """The backbone's output is the probe's layer (its one saved candidate; the last while several remain)."""
+    (layer, *others) = config.probe_layers
+    backbone.output_layer = None if others or resolve_layer(backbone, layer) == backbone.architecture.num_layers \
+        else resolve_layer(backbone, layer)
+    return []
+
+
+register_method(Method("probe", use_layer, lambda architecture, config: 0, frozen_features=True,
+                       fit=fit_probe_predictor, settings=("probe_layers",)))
