@@ -75,13 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--include-ffn", action="store_true")
     methods.set_defaults(handler=_methods)
 
-    data = commands.add_parser("data", help="list the bundled tasks or describe one")
-    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
-    data_commands.add_parser("list", help="the registered tasks").set_defaults(handler=_data_list)
-    info = data_commands.add_parser("info", help="counts, class balance and lengths of a task")
-    info.add_argument("task")
-    info.set_defaults(handler=_data_info)
-
+    _add_data(commands)
     doctor = commands.add_parser("doctor", help="versions, devices, where weights and data are looked for")
     doctor.set_defaults(handler=_doctor)
 
@@ -94,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(commands)
     _add_embed(commands)
     return parser
+
+
+def _add_data(commands) -> None:
+    data = commands.add_parser("data", help="list the bundled tasks or describe one")
+    data_commands = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    data_commands.add_parser("list", help="the registered tasks").set_defaults(handler=_data_list)
+    info = data_commands.add_parser("info", help="counts, class balance and lengths of a task")
+    info.add_argument("task")
+    info.set_defaults(handler=_data_info)
 
 
 def _add_compare(commands) -> None:
