@@ -23,6 +23,23 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="module")
+def data_dir() -> Path:
+    """The canonical data (tests and CI point PROTADAPT_DATA_DIR at ../shared/data)."""
+    return Path(os.environ.get("PROTADAPT_DATA_DIR") or SHARED / "data")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail loudly if anything tries the network; tests swap in fetchers explicitly."""
+    from protadapt.data import download
+
+    def refuse(url, task, path):
+        raise AssertionError(f"test tried to download {url}")
+
+    monkeypatch.setattr(download, "fetch_url", refuse)
+
+
 @pytest.fixture
 def tokens() -> torch.Tensor:
     """A padded batch of 3 sequences in ESM-2 tokens (BOS=0, EOS=2, PAD=1)."""

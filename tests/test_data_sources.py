@@ -24,20 +24,8 @@ from protadapt.data.errors import DataError
 from protadapt.data.safe_pickle import load_frame, load_plain
 from protadapt.data.tasks import BBB_CSV_SHA256, get_task
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    return Path(os.environ.get(tasks.DATA_DIR_ENV) or SHARED_DATA)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(url, task, path):
-        raise AssertionError(f"test tried to download {url}")
-
-    monkeypatch.setattr(download, "fetch_url", refuse)
 
 
 def canonical(data_dir: Path, name: str) -> pd.DataFrame:

@@ -22,23 +22,8 @@ from protadapt.data.tasks import (
     resolve_data_dir,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def data_dir() -> Path:
-    """The canonical data (tests and CI point PROTADAPT_DATA_DIR at ../shared/data)."""
-    return Path(os.environ.get(tasks.DATA_DIR_ENV) or SHARED_DATA)
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Fail loudly if anything tries the network; tests swap in fetchers explicitly."""
-
-    def refuse(url, task, path):
-        raise AssertionError(f"test tried to download {url}")
-
-    monkeypatch.setattr(download, "fetch_url", refuse)
 
 
 def split_counts(frame: pd.DataFrame) -> dict:

@@ -8,7 +8,7 @@ per column of its `in x out` (transposed) notation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
