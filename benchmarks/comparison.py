@@ -15,6 +15,13 @@ nothing is copied in `--smoke` unless `--results` is given). `--report-only` col
 
 `--smoke`: tiny backbone, seed 0, 1 epoch, bbb, methods dora and bidora — the whole pipeline in
 seconds (tests/test_comparison_benchmark.py runs it).
+
+Cost on the 2-core CPU, 1 thread (ESM-2 8M random init), from one measured bbb cell: LoRA, 20-epoch
+ceiling (early stopping after 18, refit 13 epochs) 188 s; BiDoRA 18 s per search + retrain epoch
+pair, so ~360 s at 20 + 20. All 7 methods ≈ 32 min per bbb seed → bbb ≈ 2.6 h. Epoch cost scales
+with residues: mic 800 rows ≈ 4.6× bbb (≈ 7 h for 3 seeds), thermostability 100 rows (370
+residues each) ≈ 10× bbb (≈ 15 h for 3 seeds; 400 rows ≈ 60 h). About a day in all: run it on a
+GPU (`--threads` more where cores are free), or cut --max-train / --epochs and say so.
 """
 
 from __future__ import annotations
@@ -80,7 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", help=f"comma-separated compare entries (default: {','.join(METHODS)})")
     parser.add_argument("--epochs", type=int, default=20, help="optim.max_epochs: early stopping's ceiling, "
                         "BiDoRA's fixed search and retrain budget")
-    parser.add_argument("--max-train", default="thermostability=400,mic=800",
+    parser.add_argument("--max-train", default="thermostability=100,mic=800",
                         help="fixed training subsample per task (seed 0, stratified for classification)")
     parser.add_argument("--results", help="directory the report is copied to (default: benchmarks/results; "
                         "none with --smoke)")
