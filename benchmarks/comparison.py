@@ -1,11 +1,27 @@
-"""The committed comparison report: ESM-2 8M architecture, random init, CPU.
+"""The comparison report (issue 14, item 9): every method on equal rows, against DoRA, in ONE command.
 
-    PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison [--out DIR] [--report-only]
+    PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison [--out DIR]
+    PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison --smoke --out /tmp/smoke
 
-Runs the stages below in order into OUT (resumable: finished cells are reused), rewrites the
-report after every stage, and copies it to benchmarks/results/comparison_esm2_8M.{md,csv}. With
---report-only it only collects the cells that finished (e.g. after the run was stopped), so the
-committed files always describe exactly what ran. The ΔM–ΔD analysis of the bbb runs is appended.
+Stages, in order, into OUT (resumable: finished cells are reused): bbb on its whole training split
+(198 rows) with 5 seeds, then thermostability and mic on fixed training subsamples (`--max-train`)
+with 3 seeds, each with the majority and composition baselines and METHODS (the frozen-embedding
+`probe` is skipped, and said so, until it is a registered method). `compare` refits every method on
+all of its cell's training rows, so every row of the report trained on the same rows. Full
+fine-tuning gets its own lower lr (`full:optim.lr=1e-5`); `bidora_fo` is BiDoRA with the
+first-order hypergradient. Paired statistics are BiDoRA − DoRA (`--reference dora`). The report is
+rewritten after every stage and copied to `--results` (default benchmarks/results/comparison_esm2_8M.{md,csv};
+nothing is copied in `--smoke` unless `--results` is given). `--report-only` collects what finished.
+
+`--smoke`: tiny backbone, seed 0, 1 epoch, bbb, methods dora and bidora — the whole pipeline in
+seconds (tests/test_comparison_benchmark.py runs it).
+
+Cost on the 2-core CPU, 1 thread (ESM-2 8M random init), from one measured bbb cell: LoRA, 20-epoch
+ceiling (early stopping after 18, refit 13 epochs) 188 s; BiDoRA 18 s per search + retrain epoch
+pair, so ~360 s at 20 + 20. All 7 methods ≈ 32 min per bbb seed → bbb ≈ 2.6 h. Epoch cost scales
+with residues: mic 800 rows ≈ 4.6× bbb (≈ 7 h for 3 seeds), thermostability 100 rows (370
+residues each) ≈ 10× bbb (≈ 15 h for 3 seeds; 400 rows ≈ 60 h). About a day in all: run it on a
+GPU (`--threads` more where cores are free), or cut --max-train / --epochs and say so.
 """
 
 from __future__ import annotations
@@ -21,14 +37,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmarks.common import RESULTS_DIR as RESULTS
+from benchmarks.common import RESULTS_DIR
+from protadapt.adapters import method_names
 from protadapt.analyze import analyse_runs
-from protadapt.compare import Grid, collect, plan, run_comparison
+from protadapt.compare import Grid, collect, parse_max_train, plan, run_comparison
 from protadapt.config import load_config
+from protadapt.method_specs import ALIASES, parse_method
 from protadapt.report import comparison_markdown
 
+METHODS = ("probe", "lora", "dora", "bidora", "bidora_fo", "full:optim.lr=1e-5", "wegeft", "prompt")
 BACKBONE = ["backbone=esm2_t6_8M_UR50D", "random_init=true", "quiet=true"]
-THREADS = 1  # the machine has 2 cores shared with other work
+SMOKE = ["backbone=tiny", "quiet=true", "optim.max_epochs=1", "data.batch_size=32"]
+REFERENCE = "dora"
+# the ΔM–ΔD analysis: methods with adapted linears (bidora_fo left out: analyze labels runs by their method)
+ANALYSED = ("lora", "dora", "bidora", "full")
 
 
 @dataclass
@@ -38,81 +60,115 @@ class Stage:
     why: str
 
 
-STAGES = [  # in the order they run; later stages are what the time budget may cut
-    Stage(Grid(["bbb"], ["full", "lora", "dora", "bidora"], [0, 1, 2]),
-          ["optim.max_epochs=2", "data.batch_size=32"],
-          "bbb: the whole training split (198 rows after 2 conflicting duplicates are dropped), 4 methods x seeds 0-2"),
-    Stage(Grid(["mic"], ["full", "lora", "dora", "bidora"], [0], max_train={"mic": 300}),
-          ["optim.max_epochs=1", "data.batch_size=32"],
-          "mic: a fixed 300-row subsample of the 4050-row training split, seed 0 only, full 509-row test set"),
-    Stage(Grid(["bbb"], ["full", "lora", "dora", "bidora"], [3, 4]),
-          ["optim.max_epochs=2", "data.batch_size=32"],
-          "bbb: seeds 3-4, same settings as stage 1"),
-    Stage(Grid(["thermostability"], ["full", "lora", "dora", "bidora"], [0], max_train={"thermostability": 40}),
-          ["optim.max_epochs=1", "data.batch_size=8"],
-          "thermostability: a fixed 40-row stratified subsample of the 1768-row training split, seed 0 only, "
-          "full 197-row test set"),
-]
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="/tmp/protadapt-comparison-esm2_8M")
-    parser.add_argument("--report-only", action="store_true", help="collect finished cells; train nothing")
-    parser.add_argument("--stages", type=int, default=len(STAGES), help="run only the first N stages")
-    parser.add_argument("--note", action="append", default=[], help="a line added to the report's header")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    torch.set_num_threads(THREADS)
-    out = Path(args.out)
-    started = time.perf_counter()
-    stages = STAGES[: args.stages]
-    if args.report_only:
-        write_report(out, stages, time.perf_counter() - started, args)
-        return 0
-    for number, stage in enumerate(stages, start=1):
-        run_comparison(load_config(None, BACKBONE + stage.overrides), stage.grid, out)
-        write_report(out, stages, time.perf_counter() - started, args)
-        logging.info("stage %d done", number)
+    torch.set_num_threads(args.threads)
+    methods, skipped = available(args.methods.split(",") if args.methods else
+                                 (["dora", "bidora"] if args.smoke else list(METHODS)))
+    stages = smoke_stages(methods) if args.smoke else full_stages(methods, args)
+    stages = stages[: args.stages]
+    out, started = Path(args.out), time.perf_counter()
+    if not args.report_only:
+        for number, stage in enumerate(stages, start=1):
+            run_comparison(stage_config(stage, args.smoke), stage.grid, out)
+            write_report(out, stages, time.perf_counter() - started, args, skipped)
+            logging.info("stage %d of %d done", number, len(stages))
+    write_report(out, stages, None if args.report_only else time.perf_counter() - started, args, skipped)
     return 0
 
 
-def write_report(out: Path, stages: list[Stage], wall_time_s: float, args: argparse.Namespace) -> None:
-    """Collect every finished cell of every stage; write OUT/comparison.{md,csv} and copy them to results/."""
-    configs = [load_config(None, BACKBONE + s.overrides) for s in stages]
-    tables = [collect(config, s.grid, out) for config, s in zip(configs, stages)]
-    planned = [sum(1 for _ in plan(config, s.grid, out)) for config, s in zip(configs, stages)]
-    table = pd.concat([t for t in tables if not t.empty], ignore_index=True)
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="/tmp/protadapt-comparison")
+    parser.add_argument("--smoke", action="store_true", help="tiny backbone, 1 seed, 1 epoch, dora + bidora on bbb")
+    parser.add_argument("--methods", help=f"comma-separated compare entries (default: {','.join(METHODS)})")
+    parser.add_argument("--epochs", type=int, default=20, help="optim.max_epochs: early stopping's ceiling, "
+                        "BiDoRA's fixed search and retrain budget")
+    parser.add_argument("--max-train", default="thermostability=100,mic=800",
+                        help="fixed training subsample per task (seed 0, stratified for classification)")
+    parser.add_argument("--results", help="directory the report is copied to (default: benchmarks/results; "
+                        "none with --smoke)")
+    parser.add_argument("--report-only", action="store_true", help="collect finished cells; train nothing")
+    parser.add_argument("--stages", type=int, default=99, help="run only the first N stages")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
+    parser.add_argument("--note", action="append", default=[], help="a line added to the report's header")
+    argv = sys.argv[1:] if argv is None else argv
+    return parser.parse_args(argv, argparse.Namespace(argv=list(argv)))
+
+
+def available(entries: list[str]) -> tuple[list[str], list[str]]:
+    """The entries whose method is registered (or an alias), and those skipped (e.g. `probe` before it lands)."""
+    known = [e for e in entries if parse_method(e).method in method_names() or parse_method(e).label in ALIASES]
+    return known, [e for e in entries if e not in known]
+
+
+def full_stages(methods: list[str], args: argparse.Namespace) -> list[Stage]:
+    """bbb × 5 seeds on its whole training split, then thermostability and mic × 3 seeds on fixed subsamples."""
+    limits = parse_max_train(args.max_train)
+    epochs = [f"optim.max_epochs={args.epochs}"]
+    return [
+        Stage(Grid(["bbb"], methods, [0, 1, 2, 3, 4]), [*epochs, "data.batch_size=32"],
+              "bbb: the whole training split (198 rows after 2 conflicting duplicates are dropped), seeds 0-4"),
+        Stage(Grid(["thermostability"], methods, [0, 1, 2], max_train={"thermostability": limits["thermostability"]}),
+              [*epochs, "data.batch_size=8"],
+              f"thermostability: a fixed {limits['thermostability']}-row stratified subsample of the 1768-row "
+              "training split, seeds 0-2, full 197-row test set"),
+        Stage(Grid(["mic"], methods, [0, 1, 2], max_train={"mic": limits["mic"]}), [*epochs, "data.batch_size=32"],
+              f"mic: a fixed {limits['mic']}-row subsample of the 4050-row training split, seeds 0-2, full 509-row "
+              "test set"),
+    ]
+
+
+def smoke_stages(methods: list[str]) -> list[Stage]:
+    return [Stage(Grid(["bbb"], methods[:2], [0]), [], "smoke: bbb, tiny backbone, seed 0, 1 epoch")]
+
+
+def stage_config(stage: Stage, smoke: bool):
+    return load_config(None, (SMOKE if smoke else BACKBONE) + stage.overrides)
+
+
+def write_report(out: Path, stages: list[Stage], wall_time_s: float | None, args: argparse.Namespace,
+                 skipped: list[str]) -> None:
+    """Collect every finished cell of every stage; write OUT/comparison.{md,csv} and copy them to --results."""
+    tables = [collect(stage_config(s, args.smoke), s.grid, out) for s in stages]
+    planned = [sum(1 for _ in plan(stage_config(s, args.smoke), s.grid, out)) for s in stages]
+    finished = [t for t in tables if not t.empty]
+    if not finished:
+        return
+    table = pd.concat(finished, ignore_index=True)
     table.to_csv(out / "comparison.csv", index=False)
-    notes = [f"Torch threads: {THREADS}; the 2-core machine was shared with other jobs, so wall times are "
-             "upper bounds for this hardware."]
+    notes = [f"Torch threads: {args.threads}; on a shared machine wall times are upper bounds for this hardware."]
     notes += [f"Stage {i + 1} ({len(t)} of {n} runs finished{'' if len(t) else ': NOT RUN'}): {s.why}; "
-              f"overrides `{' '.join(s.overrides)}`." for i, (s, t, n) in enumerate(zip(stages, tables, planned))]
-    notes.append("Every method uses the same optimiser settings (AdamW, lr 1e-3, weight decay 0.01, cosine schedule "
-                 "with warm-up, early stopping on inner-validation accuracy / MSE); full fine-tuning was not given the "
-                 "lower lr it usually needs.")
-    notes.append("Every run holds out 20 % of its training rows (stratified) for early stopping / BiDoRA's upper "
-                 "level; BiDoRA then retrains on all of them (search epochs = epochs of its best checkpoint + 1).")
-    notes.append("Cells listed below are exactly the cells that finished; a method with fewer runs shows it in "
-                 "'runs' and in the seeds list.")
+              f"overrides `{' '.join(s.overrides) or '–'}`." for i, (s, t, n) in enumerate(zip(stages, tables, planned))]
+    notes.append("Equal rows: every model first trains on 80 % of its training rows with early stopping on the other "
+                 "20 % (patience 5), then is refit from its initial weights on all of them for the chosen epoch count; "
+                 "BiDoRA searches for a fixed budget and retrains on all of them. The 'training rows' column shows it.")
+    notes.append("Optimiser: AdamW, lr 1e-3, weight decay 0.01, cosine schedule with warm-up, for every method "
+                 "except full fine-tuning (lr 1e-5, `full:optim.lr=1e-5`); `bidora_fo` is BiDoRA with "
+                 "`bilevel.hypergradient=first_order`.")
+    if skipped:
+        notes.append(f"Not run (not a registered method yet): {', '.join(skipped)}.")
     if args.report_only:
         notes.append("This report was collected with --report-only from the cells that had finished.")
     notes += args.note
-    command = "PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison " + " ".join(sys.argv[1:])
-    report = comparison_markdown(table, reference="bidora", command=command.strip(),
-                                 wall_time_s=None if args.report_only else wall_time_s, notes=notes)
+    command = "PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison " + " ".join(args.argv)
+    report = comparison_markdown(table, reference=REFERENCE, command=command.strip(), wall_time_s=wall_time_s,
+                                 notes=notes)
     report += analysis_section(out)
     (out / "comparison.md").write_text(report)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(out / "comparison.md", RESULTS / "comparison_esm2_8M.md")
-    shutil.copyfile(out / "comparison.csv", RESULTS / "comparison_esm2_8M.csv")
+    results = Path(args.results) if args.results else (None if args.smoke else RESULTS_DIR)
+    if results is not None:
+        results.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "comparison.md", results / "comparison_esm2_8M.md")
+        shutil.copyfile(out / "comparison.csv", results / "comparison_esm2_8M.csv")
 
 
 def analysis_section(out: Path) -> str:
     """ΔM–ΔD slope and r per matrix type of the finished bbb runs (layers × checkpoints), next to the paper's."""
-    runs = [p for p in (out / "cells" / "bbb").glob("*/seed*") if (p / "adapter.json").exists()]
+    runs = [p for m in ANALYSED for p in (out / "cells" / "bbb" / m).glob("seed*") if (p / "adapter.json").exists()]
     if not runs:
         return ""
     correlations = analyse_runs(runs, out / "analysis")
@@ -120,8 +176,8 @@ def analysis_section(out: Path) -> str:
     lines = ["", "## Magnitude–direction analysis (bbb runs)", "",
              "`protadapt analyze` on the bbb cells: per matrix type, the least-squares slope of ΔM on ΔD and Pearson "
              "r over layers × checkpoints of all seeds (repeated checkpoints counted once). The paper's slope-like "
-             "\"correlation\" is for pretrained ESM-2 650M and its matrix type is not stated; here the backbone is "
-             "random, so the pattern is not expected to match.", "",
+             "\"correlation\" is for pretrained ESM-2 650M and its matrix type is not stated; on a random backbone "
+             "the pattern is not expected to match.", "",
              "| method | matrix | runs | points | slope | r | mean ΔM | mean ΔD | paper |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in correlations.itertuples():

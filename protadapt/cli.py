@@ -102,7 +102,8 @@ def _add_data(commands) -> None:
 def _add_compare(commands) -> None:
     compare = commands.add_parser("compare", help="methods × tasks × seeds with baselines and paired statistics")
     compare.add_argument("--tasks", default="bbb,thermostability,mic", help="comma-separated tasks")
-    compare.add_argument("--methods", default="full,lora,dora,bidora", help="comma-separated methods")
+    compare.add_argument("--methods", default="full,lora,dora,bidora",
+                         help="comma-separated entries METHOD[:KEY=VALUE...], or the alias bidora_fo")
     compare.add_argument("--seeds", default="0-4", help="a range (0-4) or list (0,1,2)")
     compare.add_argument("--backbone", help="fair-esm name, .pt file, HF directory, or tiny")
     compare.add_argument("--random-init", action="store_true", default=None, help="random weights (offline work)")

@@ -8,6 +8,7 @@ done and never rerun, so a killed comparison resumes where it stopped. The table
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import resource
@@ -20,12 +21,13 @@ import numpy as np
 import pandas as pd
 
 from protadapt.adapters import method_names
-from protadapt.config import RunConfig
+from protadapt.config import RunConfig, load_config
 from protadapt.data.splits import kfold_splits, split_groups
 from protadapt.data.tasks import resolve_task
 from protadapt.evaluation.baselines import BASELINES, run_baseline
 from protadapt.evaluation.metrics import compute_metrics
 from protadapt.files import write_csv_atomic, write_json_atomic
+from protadapt.method_specs import ALIASES, parse_methods
 from protadapt.training.run import fit
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ class Grid:
     """What to run: tasks × methods × seeds (× folds), with an optional fixed training subsample per task."""
 
     tasks: list[str]
-    methods: list[str]
+    methods: list[str]  # entries `LABEL[:KEY=VALUE...]` (protadapt.method_specs): methods, aliases, own settings
     seeds: list[int]
     cv: int | None = None  # K folds on the training split per seed; None: the task's train/test split
     max_train: dict[str, int] | None = None  # task -> rows kept of its training split (stratified, seed 0)
@@ -50,10 +52,12 @@ def run_comparison(base: RunConfig, grid: Grid, out: str | Path) -> pd.DataFrame
     from tqdm.auto import tqdm
 
     out = Path(out)
-    unknown = [m for m in grid.methods if m not in method_names() and m not in grid.baselines]
+    unknown = [s.label for s in parse_methods(grid.methods) if s.method not in method_names()
+               and s.method not in grid.baselines]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(method_names())} "
-                         f"(baselines {', '.join(grid.baselines)} are added to every comparison)")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(method_names())}, "
+                         f"aliases {', '.join(ALIASES)} (baselines {', '.join(grid.baselines)} are added to every "
+                         "comparison)")
     cells = list(plan(base, grid, out))
     for cell in tqdm(cells, desc="compare cells", unit="cell", disable=base.quiet):
         if cell.trains_a_model:
@@ -82,15 +86,17 @@ class Cell:
     train: pd.DataFrame
     test: pd.DataFrame
     train_split_rows: int  # the task's whole training split, before any subsample
+    label: str = ""  # the row's name: the method, or an alias / entry label (bidora_fo)
+    overrides: tuple[str, ...] = ()  # the entry's own settings, already applied to `config`
 
     @property
     def method(self) -> str:
-        return self.config.adapter.method
+        return self.label or self.config.adapter.method
 
     @property
     def trains_a_model(self) -> bool:
         """A registered method (trained with `fit`), not one of the baselines."""
-        return self.method in method_names()
+        return self.config.adapter.method in method_names()
 
 
 def plan(base: RunConfig, grid: Grid, out: Path):
@@ -105,10 +111,12 @@ def plan(base: RunConfig, grid: Grid, out: Path):
         groups = split_groups(train_pool, task_config.data) if grid.cv else None
         for seed in grid.seeds:
             for fold, train, test in cell_splits(train_pool, test_split, grid.cv, seed, task.problem_type, groups):
-                for method in [*dict.fromkeys([*grid.methods, PROBE]), *grid.baselines]:
-                    config = replace(task_config, seed=seed, adapter=replace(task_config.adapter, method=method))
-                    yield Cell(cell_dir(out, task_name, method, seed, fold), config, task.problem_type, fold,
-                               train, test, len(train_split))
+                for spec in parse_methods([*dict.fromkeys([*grid.methods, PROBE]), *grid.baselines]):
+                    config = replace(task_config, seed=seed, adapter=replace(task_config.adapter, method=spec.method))
+                    if spec.overrides:
+                        config = load_config(None, list(spec.overrides), base=copy.deepcopy(config))
+                    yield Cell(cell_dir(out, task_name, spec.label, seed, fold), config, task.problem_type, fold,
+                               train, test, len(train_split), spec.label, spec.overrides)
 
 
 def cell_splits(train: pd.DataFrame, test: pd.DataFrame, cv: int | None, seed: int, problem_type: str,
@@ -150,7 +158,7 @@ def run_cell(cell: Cell) -> None:
         shutil.rmtree(cell.path)
     log.info("compare: training %s", cell.path)
     reset_peak_rss()
-    fit(cell.config, cell.path, train=cell.train, test=cell.test)
+    fit(cell.config, cell.path, train=cell.train, test=cell.test, refit_default=True)  # equal rows for every method
     _add_to_json(cell.path / "run.json", {"cell_peak_rss_mb": peak_rss_mb()})
 
 
@@ -179,11 +187,15 @@ def baseline_params(name: str, problem_type: str, num_classes: int | None) -> in
 
 def cell_row(cell: Cell) -> dict:
     """One CSV row: the cell's keys and settings, every test metric, and its cost."""
-    metrics = json.loads((cell.path / "metrics.json").read_text()).get("test", {})
+    saved = json.loads((cell.path / "metrics.json").read_text())
+    metrics = saved.get("test", {})
     run = json.loads((cell.path / "run.json").read_text()) if (cell.path / "run.json").exists() else {}
     baseline = not cell.trains_a_model
     return {"task": cell.config.data.task, "method": cell.method, "seed": cell.config.seed, "fold": cell.fold,
-            "n_train": len(cell.train), "n_test": len(cell.test), "train_split_rows": cell.train_split_rows,
+            # the rows the final weights trained on (a refit or BiDoRA's retrain: all of the cell's training rows)
+            "n_train": saved.get("train_rows", len(cell.train)),
+            "n_test": len(cell.test), "train_split_rows": cell.train_split_rows,
+            "overrides": " ".join(cell.overrides) or None, "refit_epochs": saved.get("refit_epochs"),
             "max_epochs": None if baseline else cell.config.optim.max_epochs,
             "trainable_params": run.get("trainable_params"), "wall_time_s": run.get("wall_time_s"),
             "peak_rss_mb": run.get("cell_peak_rss_mb"), "backbone": None if baseline else run.get("backbone"),

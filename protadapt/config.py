@@ -58,6 +58,9 @@ class OptimConfig:
     grad_clip: float = 1.0
     patience: int = 5  # early stopping: epochs without improvement of the monitored metric
     monitor: str | None = None  # default: the task's primary metric on the inner validation split
+    # after early stopping picks the epoch count on inner_val, retrain from the initial weights on ALL
+    # training rows for that many epochs; unset: no for `fit`/`cv`, yes for `compare` (equal rows)
+    refit: bool | None = None
 
 
 @dataclass

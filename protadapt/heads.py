@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +21,10 @@ class HeadConfig:
     pooling: str = "mean"  # mean over residues (BOS/EOS/padding excluded) | bos
     dropout: float = 0.1
     hidden_dim: int | None = None  # None: a single linear layer on the pooled vector
+    # regression: outputs are `z·target_scale + target_mean`, z the linear layer's; `fit` sets both from
+    # the mean and sd of the rows the model trains on, so the loss sees standardised targets
+    target_mean: float = 0.0
+    target_scale: float = 1.0
 
     @property
     def num_outputs(self) -> int:
@@ -66,4 +71,17 @@ class Head(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         out = self.layers(pooled)
-        return out.squeeze(-1) if self.config.problem_type == "regression" else out
+        if self.config.problem_type != "regression":
+            return out
+        return out.squeeze(-1) * self.config.target_scale + self.config.target_mean  # label space
+
+    @torch.no_grad()
+    def standardise_targets(self, labels: np.ndarray) -> None:
+        """Regression: scale outputs by the labels' sd, shift by their mean, output bias 0 (the mean)."""
+        if self.config.problem_type != "regression":
+            return
+        labels = np.asarray(labels, dtype=np.float64)
+        sd = float(labels.std(ddof=1)) if len(labels) > 1 else 0.0
+        self.config.target_mean = float(labels.mean()) if len(labels) else 0.0
+        self.config.target_scale = sd if np.isfinite(sd) and sd > 0 else 1.0
+        self.layers[-1].bias.zero_()

@@ -46,11 +46,12 @@ def task_section(task: str, runs: pd.DataFrame, reference: str = "bidora") -> li
     problem_type = "classification" if "accuracy" in runs.columns and runs["accuracy"].notna().any() else "regression"
     shown = [m for m in SHOWN_METRICS[problem_type] if m in runs.columns]
     lines = [f"## {task} ({problem_type}, test-set metrics)", "", _settings(runs), ""]
-    lines += ["| method | trainable params | " + " | ".join(shown) + " | runs | wall time / run (s) | peak RSS (MB) |",
-              "|---" * (len(shown) + 5) + "|"]
+    lines += ["| method | training rows | trainable params | " + " | ".join(shown)
+              + " | runs | wall time / run (s) | peak RSS (MB) |", "|---" * (len(shown) + 6) + "|"]
     for method, method_runs in runs.groupby("method", sort=False):
         cells = [mean_sd(method_runs[m], _digits(m)) for m in shown]
-        lines.append(f"| {_label(method, reference)} | {_params(method_runs['trainable_params'])} | "
+        rows = _range(sorted(int(n) for n in method_runs["n_train"].unique()))
+        lines.append(f"| {_label(method, reference)} | {rows} | {_params(method_runs['trainable_params'])} | "
                      + " | ".join(cells) + f" | {len(method_runs)} | {_mean(method_runs['wall_time_s'], 1)} | "
                      f"{_mean(method_runs['peak_rss_mb'], 0)} |")
     if reference not in set(runs["method"]):
@@ -216,7 +217,9 @@ def _settings(runs: pd.DataFrame) -> str:
     models = runs[~runs["method"].isin(BASELINES)]
     split_rows = int(runs["train_split_rows"].iloc[0]) if "train_split_rows" in runs else None
     n_train = sorted(int(n) for n in runs["n_train"].unique())
-    train_text = f"{_range(n_train)} training rows per run"
+    equal = runs.groupby(["seed", "fold"], dropna=False)["n_train"].nunique().max() == 1
+    train_text = (f"{_range(n_train)} training rows per run (the rows its final weights trained on: "
+                  f"{'the same for every method' if equal else 'NOT the same for every method'} of a seed/fold)")
     if split_rows is not None and runs["fold"].isna().all() and n_train != [split_rows]:
         train_text += (f" (a fixed subsample of the {split_rows}-row training split, seed 0, stratified by class for "
                        "classification)")

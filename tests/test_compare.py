@@ -33,8 +33,8 @@ def test_report_has_hand_computed_mean_sd_p_and_ci():
     text = comparison_markdown(small_table(), reference="bidora", command="protadapt compare ...", machine="test box",
                                wall_time_s=120)
     # lora: mean 0.74, sd = sqrt((.06² + .01² + .14² + .16² + .09²) / 4) = sqrt(0.057 / 4) = 0.1194
-    assert "| lora | 1000 | 0.740 ± 0.119 |" in text
-    assert "| **bidora** (reference) | 1100 | 0.840 ± 0.096 |" in text  # sd of bidora: sqrt(0.037/4) = 0.0962
+    assert "| lora | 200 | 1000 | 0.740 ± 0.119 |" in text
+    assert "| **bidora** (reference) | 200 | 1100 | 0.840 ± 0.096 |" in text  # sd of bidora: sqrt(0.037/4) = 0.0962
     # differences lora − bidora: −0.10, −0.05, −0.25, −0.05, −0.05 → mean −0.100 = −3.8 of 38 test rows;
     # squared deviations sum to 0.03, se = sqrt(0.03 / 4 / 5), half-width 2.776 · se = 0.1075 → [−0.208, +0.008];
     # every pair negative → Wilcoxon p = 2/2^5 = 0.0625; Holm over the 2 comparisons (accuracy, f1) → 0.125

@@ -93,7 +93,7 @@ def esm_scores(model, export_dir: Path) -> torch.Tensor:
 PEFT_CASES = {
     "tiny-lora-mean": ("lora", "tiny", HeadConfig(), {}),
     "tiny-dora-bos-hidden-ffn": ("dora", "tiny", HeadConfig(pooling="bos", hidden_dim=16), {"include_ffn": True}),
-    "tiny-bidora-regression": ("bidora", "tiny", HeadConfig(problem_type="regression"), {"dropout": 0.1}),
+    "tiny-bidora-regression": ("bidora", "tiny", HeadConfig(problem_type="regression", target_mean=1.13, target_scale=0.6), {"dropout": 0.1}),
     "8M-lora": ("lora", "esm2_t6_8M_UR50D", HeadConfig(hidden_dim=32), {"include_ffn": True}),
     "8M-dora": ("dora", "esm2_t6_8M_UR50D", HeadConfig(), {}),
 }
@@ -227,7 +227,7 @@ def test_inverse_names_round_trip_through_the_loaders_mapping():
 
 ONNX_CASES = {
     "tiny-dora-hidden": ("dora", "tiny", HeadConfig(hidden_dim=16), {"include_ffn": True}),
-    "tiny-prompt-regression": ("prompt", "tiny", HeadConfig(problem_type="regression"), {"num_prompts": 3}),
+    "tiny-prompt-regression": ("prompt", "tiny", HeadConfig(problem_type="regression", target_mean=1.13, target_scale=0.6), {"num_prompts": 3}),
     "tiny-full-bos": ("full", "tiny", HeadConfig(pooling="bos"), {}),
     "8M-lora": ("lora", "esm2_t6_8M_UR50D", HeadConfig(), {}),
 }

@@ -29,8 +29,8 @@ def backbone_for(name: str):
     return load_backbone(name, random_init=True)
 
 
-def wegeft(shared: bool, include_ffn: bool = False, rank: int = 4) -> AdapterConfig:
-    return AdapterConfig(method="wegeft", rank=rank, shared=shared, include_ffn=include_ffn)
+def wegeft(shared: bool, include_ffn: bool = False, rank: int = 4, alpha: float = 12.0) -> AdapterConfig:
+    return AdapterConfig(method="wegeft", rank=rank, alpha=alpha, shared=shared, include_ffn=include_ffn)
 
 
 def randomize(module: torch.nn.Module, std: float = 0.1, seed: int = 1) -> None:
@@ -69,7 +69,7 @@ def test_layer_equals_explicit_formula(shared):
         w0, bias = layer.base_layer.weight, layer.base_layer.bias
         phi1, phi2 = layer.generators()
         assert phi1.shape == (layer.in_features, 4) and phi2.shape == (4, layer.in_features)
-        weight = w0 + w0 @ phi1 @ phi2  # W = W0 + W0·Φ1·Φ2, no scaling
+        weight = w0 + (12.0 / 4) * (w0 @ phi1 @ phi2)  # W = W0 + (α/r)·W0·Φ1·Φ2, α = 12, r = 4
         inputs = x if layer.in_features == 32 else torch.randn(3, 5, layer.in_features)
         with torch.no_grad():
             assert (layer(inputs) - (inputs @ weight.T + bias)).abs().max().item() <= 1e-5, path
@@ -168,3 +168,21 @@ def test_save_load_reproduces_predictions(shared, tokens, tmp_path):
     assert metadata["adapter"]["shared"] is shared
     with torch.no_grad():
         assert torch.equal(loaded(tokens), expected)
+
+
+def test_alpha_scales_the_update_and_a_different_alpha_is_refused_on_load(tmp_path):
+    """s = α/r: doubling α doubles ΔW; weights saved at one α never load into a model at another."""
+    from protadapt.adapters import AdapterError
+
+    deltas = {}
+    for alpha in (4.0, 8.0):
+        backbone = backbone_for("tiny")
+        apply_method(backbone, wegeft(False, alpha=alpha))
+        randomize(backbone)
+        deltas[alpha] = next(iter(wegeft_layers(backbone).values())).delta_weight().detach()
+    assert torch.allclose(deltas[8.0], 2 * deltas[4.0], atol=1e-7) and deltas[4.0].abs().max() > 1e-4
+    predictor = ProteinPredictor(load_backbone("tiny"), HeadConfig(), wegeft(False, alpha=4.0))
+    predictor.save(tmp_path)
+    other = ProteinPredictor(load_backbone("tiny"), HeadConfig(), wegeft(False, alpha=8.0))
+    with pytest.raises(AdapterError, match="alpha=4.0, but this model has alpha=8.0"):
+        other.load_trained(tmp_path)

@@ -1,10 +1,10 @@
-"""WeGeFT (Savadikar, Song, Wu, ICML 2025, arXiv 2312.00700): `W = W0 + W0·Φ1·Φ2`.
+"""WeGeFT (Savadikar, Song, Wu, ICML 2025, arXiv 2312.00700): `W = W0 + (α/r)·W0·Φ1·Φ2`.
 
 The update is generated from the frozen weight itself by two linear maps, Φ1 ∈ R^{in×r} (`up`,
 zero-initialised so `W = W0` at init) and Φ2 ∈ R^{r×in} (`down`, Kaiming-uniform as LoRA's A).
-The forward never forms the update: `W·x + b = W0·(x + Φ1·Φ2·x) + b`, which for the row-vector
-batches of `nn.Linear` is `base_layer(x + (x·Φ2ᵀ)·Φ1ᵀ)`. There is NO α/r scaling: the spec's formula
-has none, so `AdapterConfig.alpha` is ignored by this method.
+The forward never forms the update: `W·x + b = W0·(x + s·Φ1·Φ2·x) + b` with s = α/r, which for the
+row-vector batches of `nn.Linear` is `base_layer(x + s·(x·Φ2ᵀ)·Φ1ᵀ)`. The α/r factor is the one the
+official WeGeFT code applies (as LoRA's); `AdapterConfig.alpha` is therefore a saved setting.
 
 Two modes. Per layer: every wrapped linear owns its Φ1, Φ2 (2·in·r parameters each). Shared
 (`AdapterConfig.shared`): one Φ pair per kind of layer and shape (every `q_proj`; `fc1` and `fc2`
@@ -65,9 +65,11 @@ def reset_generators(up: nn.Parameter, down: nn.Parameter) -> None:
 
 
 class WeGeFTLinear(LinearAdapter):
-    def __init__(self, base_layer: nn.Linear, rank: int, shared: tuple[WeGeFTGenerators, str] | None = None):
+    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float,
+                 shared: tuple[WeGeFTGenerators, str] | None = None):
         super().__init__(base_layer)
         self.rank = rank
+        self.scaling = alpha / rank  # s = α/r
         # A plain tuple, not a submodule: the shared generators are registered once, on the backbone.
         self.shared = shared
         if shared is None:
@@ -91,30 +93,30 @@ class WeGeFTLinear(LinearAdapter):
 
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         up, down = self.generators()
-        return self.base_layer(x + (x @ down.T) @ up.T)  # W0·(x + Φ1·Φ2·x) + b
+        return self.base_layer(x + ((x @ down.T) @ up.T) * self.scaling)  # W0·(x + s·Φ1·Φ2·x) + b
 
     def delta_weight(self) -> torch.Tensor:
         up, down = self.generators()
-        return (self.base_layer.weight @ up) @ down  # W0·Φ1·Φ2
+        return ((self.base_layer.weight @ up) @ down) * self.scaling  # s·W0·Φ1·Φ2
 
     def merged_weight(self) -> torch.Tensor:
-        """W0 + W0·Φ1·Φ2 in float64, rounded once to the weight's dtype."""
+        """W0 + s·W0·Φ1·Φ2 in float64, rounded once to the weight's dtype."""
         weight = self.base_layer.weight.double()
         up, down = (g.double() for g in self.generators())
-        return weight + (weight @ up) @ down
+        return weight + ((weight @ up) @ down) * self.scaling
 
 
 def apply(backbone: Backbone, config: AdapterConfig) -> list[str]:
     """Wrap the target linears; in shared mode first register `backbone.wegeft_generators`."""
     if not config.shared:
         return replace_linears(backbone.model, config.target_patterns(backbone.architecture),
-                               lambda _, linear: WeGeFTLinear(linear, config.rank))
+                               lambda _, linear: WeGeFTLinear(linear, config.rank, config.alpha))
     generators = WeGeFTGenerators(config.rank)
     backbone.wegeft_generators = generators
 
     def wrap(path: str, linear: nn.Linear) -> WeGeFTLinear:
         kind = path.rpartition(".")[2]
-        return WeGeFTLinear(linear, config.rank, shared=(generators, generators.key_for(kind, linear)))
+        return WeGeFTLinear(linear, config.rank, config.alpha, shared=(generators, generators.key_for(kind, linear)))
 
     return replace_linears(backbone.model, config.target_patterns(backbone.architecture), wrap)
 
@@ -127,4 +129,4 @@ def count(architecture: Architecture, config: AdapterConfig) -> int:
     return sum(2 * i * config.rank for _, i, _ in shapes)
 
 
-register_method(Method("wegeft", apply, count, layer=WeGeFTLinear, settings=("rank", "include_ffn", "targets", "shared")))
+register_method(Method("wegeft", apply, count, layer=WeGeFTLinear, settings=("rank", "alpha", "include_ffn", "targets", "shared")))

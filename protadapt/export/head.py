@@ -37,7 +37,9 @@ def protadapt_head(hidden, input_ids, export_dir):
     if "hidden.weight" in weights:
         pooled = F.gelu(F.linear(pooled, weights["hidden.weight"], weights["hidden.bias"]))
     out = F.linear(pooled, weights["output.weight"], weights["output.bias"])
-    return out.softmax(-1) if spec["problem_type"] == "classification" else out.squeeze(-1)
+    if spec["problem_type"] == "classification":
+        return out.softmax(-1)
+    return out.squeeze(-1) * spec["target_scale"] + spec["target_mean"]  # back to label units
 '''
 
 LOADERS = {
@@ -75,6 +77,7 @@ def write_head(predictor: ProteinPredictor, metadata: dict, directory: Path) -> 
         "hidden_activation": "gelu (exact erf)" if config.hidden_dim else None,
         "non_residue_token_ids": [alphabet.cls_idx, alphabet.padding_idx, alphabet.eos_idx],
         "output": "softmax probabilities, in labels order" if config.problem_type == "classification" else "value",
+        "target_mean": config.target_mean, "target_scale": config.target_scale,  # regression: value = z·scale + mean
         "task": metadata.get("task"), "method": predictor.method.name,
         "backbone": predictor.backbone.architecture.name,
     }, directory / "head.json")

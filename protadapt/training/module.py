@@ -35,7 +35,8 @@ class PredictorModule(L.LightningModule):
     def loss(self, output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.problem_type == "classification":
             return F.cross_entropy(output.float(), labels.long())
-        return F.mse_loss(output.float(), labels.float())
+        scale = self.predictor.head_config.target_scale  # MSE of standardised targets (HeadConfig)
+        return F.mse_loss(output.float() / scale, labels.float() / scale)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(self(batch["tokens"]), batch["labels"])

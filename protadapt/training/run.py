@@ -36,6 +36,7 @@ from protadapt.model import ProteinPredictor
 from protadapt.training.bilevel import BiDoRAModule, RetrainModule, reset_for_retraining
 from protadapt.training.distributed import global_rank, ranks_agree
 from protadapt.training.module import PredictorModule
+from protadapt.training.refit import initial_state, refits, restore_initial, standardise_on
 from protadapt.training.trainer import Phase, inference_precision, train
 
 
@@ -47,8 +48,11 @@ class RunResult:
 
 
 def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
-        train: pd.DataFrame | None = None, test: pd.DataFrame | None = None) -> RunResult:
-    """Train one model and write its run directory; `train`/`test` override the task's split."""
+        train: pd.DataFrame | None = None, test: pd.DataFrame | None = None,
+        refit_default: bool = False) -> RunResult:
+    """Train one model and write its run directory; `train`/`test` override the task's split.
+
+    `refit_default`: whether an unset `optim.refit` refits (`compare` passes True)."""
     started = time.perf_counter()
     task = resolve_task(config.data)
     if train is None:
@@ -61,7 +65,8 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
     predictor = build_predictor(config, task, train)  # before the run directory: a missing backbone leaves nothing
     run_dir.mkdir(parents=True, exist_ok=True)
     datamodule = build_datamodule(config, predictor, train.reset_index(drop=True), test)
-    train_predictor(predictor, datamodule, config, run_dir, monitored_metric(config, task), resume)
+    trained = train_predictor(predictor, datamodule, config, run_dir, monitored_metric(config, task), resume,
+                              refit_default)
     ranks = ranks_agree(predictor)
     if global_rank() != 0:  # DDP: the weights are identical on every rank; rank 0 writes them
         return RunResult(run_dir, {}, is_global_zero=False)
@@ -69,7 +74,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
     predictor.save(run_dir, {"task": task.name, "problem_type": predictor.problem_type,
                              "labels": predictor.labels, "seed": config.seed})
     config.save(run_dir / "config.yaml")
-    metrics = evaluate_run(predictor, datamodule.inner_val_df, test, config, run_dir)
+    metrics = {**evaluate_run(predictor, datamodule.inner_val_df, test, config, run_dir, refit_default), **trained}
     write_json_atomic(metrics, run_dir / "metrics.json")
     write_json_atomic(run_record(predictor, time.perf_counter() - started, ranks), run_dir / "run.json")
     return RunResult(run_dir, metrics)
@@ -99,30 +104,44 @@ def build_datamodule(config: RunConfig, predictor: ProteinPredictor, train: pd.D
 
 
 def train_predictor(predictor: ProteinPredictor, datamodule: ProteinDataModule, config: RunConfig, run_dir: Path,
-                    monitor: tuple[str, str], resume: bool) -> None:
-    """One single-level fit, or a bi-level method's search then (optionally) its retraining on all of train."""
-    if predictor.method.fit is not None:  # its own procedure (the probe's scikit-learn fit)
+                    monitor: tuple[str, str], resume: bool, refit_default: bool = False) -> dict:
+    """One single-level fit (optionally refit on all of train), or a bi-level method's search then retraining.
+
+    Returns what the final weights trained on: `train_rows` and, after a refit, `refit_epochs`."""
+    if predictor.method.fit is not None:  # its own procedure (the probe's scikit-learn fit, on every training row)
         predictor.method.fit(predictor, datamodule, config, run_dir)
-        return
+        return {"train_rows": len(datamodule.train)}
+    standardise_on(predictor, datamodule.inner_train_df)
     if not predictor.method.bilevel:
-        train(PredictorModule(predictor, config.optim), config, run_dir,
-              Phase("fit", datamodule.train_dataloader(), datamodule.val_dataloader(), monitor, resume))
-        return
+        initial = initial_state(predictor) if refits(config.optim.refit, refit_default) else None
+        best_epoch = train(PredictorModule(predictor, config.optim), config, run_dir,
+                           Phase("fit", datamodule.train_dataloader(), datamodule.val_dataloader(), monitor, resume))
+        if initial is None:
+            return {"train_rows": len(datamodule.inner_train_df)}
+        restore_initial(predictor, initial)
+        standardise_on(predictor, datamodule.train)
+        epochs = best_epoch + 1  # the best checkpoint's epoch is 0-based
+        train(PredictorModule(predictor, replace(config.optim, max_epochs=epochs)), config, run_dir,
+              Phase("refit", datamodule.full_train_dataloader(), resume=resume))
+        return {"train_rows": len(datamodule.train), "refit_epochs": epochs}
     search = BiDoRAModule(predictor, config.optim, config.bilevel)
     # a fixed search budget (official protocol): inner_val trains the magnitudes, so it picks no epoch
     train(search, config, run_dir,
           Phase("search", datamodule.bilevel_dataloader(), datamodule.val_dataloader(), None, resume))
     if config.bilevel.retrain:
         reset_for_retraining(predictor, config.seed)
+        standardise_on(predictor, datamodule.train)
         epochs = config.bilevel.retrain_epochs or config.optim.max_epochs
         optim = replace(config.optim, max_epochs=epochs, lr=config.bilevel.retrain_lr or config.optim.lr)
         orthogonality = config.bilevel.orthogonality if config.bilevel.retrain_orthogonality else 0.0
         train(RetrainModule(predictor, optim, orthogonality), config, run_dir,
               Phase("retrain", datamodule.full_train_dataloader()))
+    # directions on inner_train, magnitudes on inner_val: every training row is used either way
+    return {"train_rows": len(datamodule.train)}
 
 
 def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.DataFrame | None,
-                 config: RunConfig, run_dir: Path) -> dict:
+                 config: RunConfig, run_dir: Path, refit_default: bool = False) -> dict:
     """Validation and test metrics, the test predictions and the figures, at the training precision."""
     precision = inference_precision(config.trainer.precision)
     batch_size = config.data.batch_size
@@ -131,8 +150,10 @@ def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.
     metrics = {"val": evaluate_frame(predictor, inner_val, batch_size=batch_size, scores=val_scores)}
     if predictor.method.bilevel and config.bilevel.retrain:
         metrics["val_note"] = "BiDoRA retrains on all training data, inner validation split included"
-    if predictor.method.fit is not None:
+    elif predictor.method.fit is not None:
         metrics["val_note"] = f"{predictor.method.name} fits on all training rows, inner validation split included"
+    elif refits(config.optim.refit, refit_default):
+        metrics["val_note"] = "refit on all training data, inner validation split included"
     if test is not None:
         scores = predict_scores(predictor, test, batch_size, precision=precision, cache=cache)
         metrics["test"] = evaluate_frame(predictor, test, batch_size=batch_size, scores=scores)
