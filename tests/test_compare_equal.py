@@ -17,11 +17,11 @@ def test_compare_report_shows_the_same_training_rows_for_every_method(tmp_path, 
                  "--reference", "bidora", "--out", "out", "--quiet", "optim.max_epochs=1", "data.batch_size=32"])
     assert code == 0
     table = pd.read_csv(tmp_path / "out" / "comparison.csv")
-    assert sorted(table["method"]) == ["bidora", "composition", "lora", "majority"]
+    assert sorted(table["method"]) == ["bidora", "composition", "lora", "majority", "probe"]
     assert (table["n_train"] == 198).all()  # bbb's whole training split, not lora's 158 inner-train rows
     assert table.loc[table["method"] == "lora", "refit_epochs"].item() == 1
     text = (tmp_path / "out" / "comparison.md").read_text()
-    for label in ("lora", "**bidora** (reference)", "majority (baseline)", "composition (baseline)"):
+    for label in ("lora", "**bidora** (reference)", "probe", "majority (baseline)", "composition (baseline)"):
         assert f"| {label} | 198 |" in text, label
     assert "the same for every method of a seed/fold" in text
 

@@ -10,7 +10,7 @@ from benchmarks import comparison
 def test_smoke_mode_runs_end_to_end_and_reports_bidora_against_dora(tmp_path):
     assert comparison.main(["--smoke", "--out", str(tmp_path / "out"), "--results", str(tmp_path / "results")]) == 0
     table = pd.read_csv(tmp_path / "results" / "comparison_esm2_8M.csv")
-    assert sorted(table["method"]) == ["bidora", "composition", "dora", "majority"]
+    assert sorted(table["method"]) == ["bidora", "composition", "dora", "majority", "probe"]
     assert (table["n_train"] == 198).all() and (table["seed"] == 0).all()
     text = (tmp_path / "results" / "comparison_esm2_8M.md").read_text()
     assert "Paired against **dora**" in text and "| bidora | 198 |" in text and "| **dora** (reference) | 198 |" in text
