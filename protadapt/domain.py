@@ -81,7 +81,7 @@ def metrics_out_of_domain(table: pd.DataFrame, min_identity: float | None, probl
         return {}
     metrics = metrics_below_identity(table, min_identity, problem_type)
     return {"test_below_min_identity": {"min_identity": min_identity,
-                                        **{key: float(value) for key, value in metrics.items()}}}
+                                        **{key: int(value) if key == "n" else float(value) for key, value in metrics.items()}}}
 
 
 def _read(path: Path) -> dict:

@@ -3,7 +3,10 @@
 A run directory holds `config.yaml` (resolved), `adapter.safetensors` + `adapter.json` (head
 included), `metrics.json` (validation and test), `predictions.csv` (test set), `run.json`
 (wall time, memory, parameter counts, versions), `logs/` (Lightning CSV logs, and TensorBoard
-event files with `trainer.logger=csv,tensorboard`) and `checkpoints/` (for `--resume`).
+event files with `trainer.logger=csv,tensorboard`) and `checkpoints/` (for `--resume`); and for
+uncertainty (training/calibrate.py) `training_sequences.json`, `conformal.json` (with
+`data.calibration_fraction`), `calibration.json` (with `uncertainty.temperature`) and
+`test_reliability.png` (classification).
 
 Under DDP every process runs `fit`; the processes train together, and afterwards only global
 rank 0 evaluates and writes files, so a run directory is written once.
