@@ -13,6 +13,7 @@ import pytest
 import protadapt.training.run as run_module
 from protadapt.data.identity import identity
 from protadapt.data.tasks import get_task
+from protadapt.domain import DomainError, domain_columns, write_training_sequences
 from test_cli import QUICK, bbb_test, cli, write_fasta
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -107,3 +108,20 @@ def test_bad_uncertainty_settings_are_one_line(override, message, tmp_path, caps
     code, _, err = cli(capsys, "fit", "--backbone", "tiny", "--out", tmp_path / "run", override)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_in_domain_is_undecided_only_below_a_floor_above_the_threshold(tmp_path):
+    train = ["MKTAYIAKQRQISFVKSHFSRQ", "GLFDIVKKVVGALGSLGKKW"]
+    query = [train[0], "WWWWWWWWPPPPPPPPCCCCCC"]
+    for floor, unrelated in ((0.9, pd.NA), (0.0, False)):
+        write_training_sequences(tmp_path, train, min_identity=0.3, floor=floor)
+        columns = domain_columns([tmp_path], query)
+        assert columns["nearest_train_identity"][0] == 1.0 and columns["in_domain"][0] is np.True_
+        assert (columns["in_domain"][1] is pd.NA) if unrelated is pd.NA else columns["in_domain"][1] is np.False_
+    write_training_sequences(tmp_path, train, min_identity=None, floor=None)  # peptides: floor 0, no flag
+    assert set(domain_columns([tmp_path], query)) == {"nearest_train_identity"}
+    assert json.loads((tmp_path / "training_sequences.json").read_text())["identity_floor"] == 0.0
+    assert domain_columns([tmp_path / "absent"], query) == {}  # a run from before the file: no columns
+    (tmp_path / "training_sequences.json").write_text("[]")
+    with pytest.raises(DomainError, match="training_sequences.json: unreadable"):
+        domain_columns([tmp_path], query)
