@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", help="output directory (default: runs/cv-TASK-METHOD-seedN)")
     cv.set_defaults(handler=_cv)
 
-    predict = commands.add_parser("predict", help="predict a FASTA/CSV file with a trained run")
-    predict.add_argument("run_dir")
+    predict = commands.add_parser("predict", help="predict a FASTA/CSV file with a trained run, a cv output or an ensemble")
+    predict.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="run directories or cv outputs (several: their mean and spread); the last argument is INPUT")
     predict.add_argument("input", help="FASTA, CSV or TSV of sequences")
+    predict.add_argument("--alpha", type=float, help="conformal level of the sets/intervals (default: the run's, 0.1)")
     predict.add_argument("-o", "--output", help="CSV to write (default: INPUT_STEM.predictions.csv here)")
     predict.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
     _add_inference_options(predict)
@@ -281,33 +283,39 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from protadapt.data.for_run import read_for_run
+    from protadapt.ensemble import find_run_dirs
     from protadapt.files import write_csv_atomic
-    from protadapt.inference import pick_device, predict_scores, prediction_frame
+    from protadapt.inference import pick_device
     from protadapt.model import ProteinPredictor
+    from protadapt.uncertainty import predict_runs
 
     device = pick_device(args.device)
-    predictor, metadata = ProteinPredictor.load(args.run_dir)
-    frame = read_for_run(args.input, args.run_dir, metadata, require_labels=False, truncate=args.truncate,
+    runs = find_run_dirs(args.run_dirs)
+    predictor, metadata = ProteinPredictor.load(runs[0])
+    frame = read_for_run(args.input, runs[0], metadata, require_labels=False, truncate=args.truncate,
                          max_length=predictor.backbone.max_residues)
-    predictor.to(device)
-    scores = predict_scores(predictor, frame, **_batch_size(args), progress=not args.quiet, precision=args.precision)
+    source = Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else None  # its conformal.json, if any
+    table = predict_runs(runs, source, frame, predictor.to(device), device=device, alpha=args.alpha,
+                         **_batch_size(args), progress=not args.quiet, precision=args.precision)
     output = Path(args.output or f"{Path(args.input).stem}.predictions.csv")
-    write_csv_atomic(prediction_frame(predictor, frame, scores), output)
+    write_csv_atomic(table, output)
     print(f"wrote {len(frame)} predictions to {output}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from protadapt.data.for_run import read_for_run, undefined_as_null
-    from protadapt.inference import evaluate_frame, pick_device
+    from protadapt.inference import evaluate_frame, pick_device, predict_scores
     from protadapt.model import ProteinPredictor
+    from protadapt.uncertainty import scaled_scores
 
     device = pick_device(args.device)
     predictor, metadata = ProteinPredictor.load(args.run_dir)
     frame = read_for_run(args.input, args.run_dir, metadata, require_labels=True, min_class_count=1,
                          max_length=predictor.backbone.max_residues)
     predictor.to(device)
-    metrics = evaluate_frame(predictor, frame, **_batch_size(args), precision=args.precision)
+    scores = scaled_scores(args.run_dir, predict_scores(predictor, frame, **_batch_size(args), precision=args.precision))
+    metrics = evaluate_frame(predictor, frame, scores=scores)
     text = json.dumps(undefined_as_null(metrics, frame), indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")

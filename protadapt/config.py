@@ -15,6 +15,7 @@ import yaml
 
 from protadapt.adapters import AdapterConfig, method_names
 from protadapt.embeddings.cache import CacheConfig
+from protadapt.evaluation.conformal import SCORES
 from protadapt.heads import POOLINGS, HeadConfig
 
 
@@ -35,6 +36,7 @@ class DataConfig:
     test_file: str | None = None  # custom task: optional held-out file
     problem_type: str | None = None  # custom task: classification | regression (inferred if None)
     val_fraction: float = 0.2  # inner validation split carved from train (BiDoRA's upper level)
+    calibration_fraction: float = 0.0  # conformal calibration part carved from train first (0: none)
     identity_threshold: float | None = None  # group near-duplicates so they never straddle splits
     group_by: str | None = None  # a column (e.g. organism) whose equal values share a group, like identity groups
     truncate: bool = False  # truncate sequences longer than the backbone allows (else an error)
@@ -99,6 +101,19 @@ class TrainerConfig:
 
 
 @dataclass
+class UncertaintyConfig:
+    """Conformal sets/intervals, calibration and the applicability domain (README: reading prediction sets)."""
+
+    alpha: float = 0.1  # conformal miscoverage: sets/intervals hold the truth for 1 - alpha of new rows
+    set_score: str = "lac"  # classification nonconformity: lac (smallest sets) | aps (adaptive)
+    class_conditional: bool = False  # calibrate each class on its own rows (needs ~1/alpha rows per class)
+    temperature: bool = False  # classification: fit a temperature on the inner validation split
+    ece_bins: int = 15  # equal-width confidence bins of the ECE and the reliability diagram
+    min_identity: float | None = 0.3  # in_domain is false below this nearest-training identity (None: no flag)
+    identity_floor: float | None = None  # identities below it are left blank (None: 0 for peptides, 0.9 beyond)
+
+
+@dataclass
 class RunConfig:
     backbone: str = "esm2_t6_8M_UR50D"  # fair-esm name, .pt file, HF directory, or "tiny"
     random_init: bool = False  # the backbone's architecture with random weights (offline work)
@@ -110,6 +125,7 @@ class RunConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     bilevel: BilevelConfig = field(default_factory=BilevelConfig)
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)  # frozen embeddings (probe, head), shared by runs
 
@@ -154,11 +170,18 @@ def check_choices(config: RunConfig) -> None:
                "head.pooling": ([config.head.pooling], POOLINGS),
                "optim.schedule": ([config.optim.schedule], SCHEDULES),
                "bilevel.hypergradient": ([config.bilevel.hypergradient], HYPERGRADIENTS),
-               "trainer.logger": (config.trainer.logger.split(","), LOGGERS)}
+               "trainer.logger": (config.trainer.logger.split(","), LOGGERS),
+               "uncertainty.set_score": ([config.uncertainty.set_score], SCORES["classification"])}
     for key, (values, allowed) in choices.items():
         for value in values:
             if value.strip() not in allowed:
                 raise ConfigError(f"unknown {key} '{value}'; choose one of: {', '.join(allowed)}")
+    for key, value in (("data.calibration_fraction", config.data.calibration_fraction),
+                       ("uncertainty.alpha", config.uncertainty.alpha)):
+        if not 0 <= value < 1 or (key == "uncertainty.alpha" and value == 0):
+            raise ConfigError(f"{key} must be in [0, 1) (alpha above 0), not {value}")
+    if config.uncertainty.ece_bins < 1:
+        raise ConfigError(f"uncertainty.ece_bins must be at least 1, not {config.uncertainty.ece_bins}")
     if config.bilevel.unroll_steps < 1:
         raise ConfigError(f"bilevel.unroll_steps must be at least 1, not {config.bilevel.unroll_steps}")
 

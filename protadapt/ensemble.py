@@ -115,11 +115,14 @@ def out_of_fold_scores(runs: Sequence[Path], problem_type: str, labels: Sequence
     if table["id"].duplicated().any():
         repeated = table.loc[table["id"].duplicated(), "id"].iloc[0]
         raise EnsembleError(f"id {repeated!r} is in more than one fold's predictions.csv; give the folds of one repeat")
-    if problem_type == "classification":
-        scores = table[[f"prob_{label}" for label in labels]].to_numpy(dtype=np.float64)
-    else:
-        scores = table["prediction"].to_numpy(dtype=np.float64)
-    return scores, table["label"].to_numpy(), table["fold"].to_numpy()
+    if problem_type != "classification":
+        return table["prediction"].to_numpy(dtype=np.float64), table["label"].to_numpy(), table["fold"].to_numpy()
+    scores = table[[f"prob_{label}" for label in labels]].to_numpy(dtype=np.float64)
+    codes = table["label"].astype(str).map({str(label): code for code, label in enumerate(labels)})
+    if codes.isna().any():  # predictions.csv holds class names (Negative, 1, ...); conformal needs 0..C-1
+        raise EnsembleError(f"label {table['label'][codes.isna()].iloc[0]!r} in a fold's predictions.csv is not "
+                            f"one of the run's classes {', '.join(map(str, labels))}; rerun `protadapt cv`")
+    return scores, codes.to_numpy(dtype=np.int64), table["fold"].to_numpy()
 
 
 def calibrate_cv(cv_dir: str | Path, *, alpha: float, score: str, repeat: int = 0) -> Conformal:

@@ -34,7 +34,8 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
 
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory):
-    run = fit_run(tmp_path_factory.mktemp("browser_run"), "--task", "bbb", "--method", "lora")
+    run = fit_run(tmp_path_factory.mktemp("browser_run"), "--task", "bbb", "--method", "lora",
+                  "data.calibration_fraction=0.3")
     service = ModelService.load(run)
     with live_server(service) as url:
         yield url, service
@@ -69,12 +70,15 @@ def test_paste_fasta_submit_read_table_download_csv_and_screenshot(page_url, bro
     browser.find_element(By.ID, "submit").click()
     wait.until(lambda driver: len(driver.find_elements(By.CSS_SELECTOR, "#results tbody tr")) == len(rows))
     header = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, "#results thead th")]
-    assert header == ["id", "prediction", "prob_0", "prob_1"]
+    assert header == list(expected.columns) == ["id", "prediction", "prob_0", "prob_1", "set_0.1", "set_size_0.1",
+                                                "nearest_train_identity", "in_domain"]
     table = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
              for row in browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")]
     assert [row[0] for row in table] == rows["id"].tolist()
     assert [int(row[1]) for row in table] == expected["prediction"].tolist()
     np.testing.assert_allclose([float(row[3]) for row in table], expected["prob_1"], atol=6e-5)  # shown to 4 places
+    assert [row[4] for row in table] == expected["set_0.1"].fillna("").tolist()
+    assert [row[7] for row in table] == [str(flag).lower() for flag in expected["in_domain"]]
     assert browser.find_element(By.ID, "status").text == "5 predictions"
 
     csv = browser.execute_async_script(

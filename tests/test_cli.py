@@ -106,16 +106,18 @@ def test_fit_predict_evaluate_classification(method, tmp_path, capsys):
         assert {p.name for p in (run_dir / "logs").iterdir()} == {"search", "retrain"}
 
     saved = pd.read_csv(run_dir / "predictions.csv")
-    assert list(saved.columns) == ["id", "prediction", "prob_0", "prob_1", "label"]
+    assert list(saved.columns) == ["id", "prediction", "prob_0", "prob_1", "label", "nearest_train_identity", "in_domain"]
     assert metrics["test"]["accuracy"] == pytest.approx((saved["prediction"] == saved["label"]).mean())
     assert saved["id"].tolist() == test["id"].tolist()
     np.testing.assert_allclose(saved[["prob_0", "prob_1"]].sum(axis=1), 1.0, atol=2e-6)
 
     predicted = predict(capsys, run_dir, write_fasta(test, tmp_path / "test.fasta"), tmp_path / "out.csv")
-    assert list(predicted.columns) == ["id", "prediction", "prob_0", "prob_1"]
+    assert list(predicted.columns) == ["id", "prediction", "prob_0", "prob_1", "nearest_train_identity", "in_domain"]
     pd.testing.assert_frame_equal(predicted, saved.drop(columns="label"))
 
-    assert evaluate(capsys, run_dir, write_labelled(test, tmp_path / "test.csv")) == metrics["test"]
+    evaluated = evaluate(capsys, run_dir, write_labelled(test, tmp_path / "test.csv"))
+    assert evaluated == {key: metrics["test"][key] for key in evaluated}
+    assert set(metrics["test"]) - set(evaluated) == {"ece"} and 0 <= metrics["test"]["ece"] <= 1
 
 
 @pytest.mark.parametrize("method", REGRESSION_METHODS)
@@ -130,11 +132,11 @@ def test_fit_predict_evaluate_regression(method, regression_files, tmp_path, cap
 
     test = pd.read_csv(test_file)
     saved = pd.read_csv(run_dir / "predictions.csv")
-    assert list(saved.columns) == ["id", "prediction", "label"]
+    assert list(saved.columns) == ["id", "prediction", "label", "nearest_train_identity", "in_domain"]
     np.testing.assert_allclose(saved["label"], test["label"])
 
     predicted = predict(capsys, run_dir, write_fasta(test, tmp_path / "test.fasta"), tmp_path / "out.csv")
-    assert list(predicted.columns) == ["id", "prediction"]
+    assert list(predicted.columns) == ["id", "prediction", "nearest_train_identity", "in_domain"]
     pd.testing.assert_frame_equal(predicted, saved.drop(columns="label"))
 
     assert evaluate(capsys, run_dir, test_file) == metrics["test"]
@@ -145,6 +147,7 @@ def test_fit_writes_figures_and_logs(with_figures, tmp_path, capsys):
     code, out, err = cli(capsys, "fit", "--task", "bbb", "--method", "dora", *QUICK, "--out", run_dir)
     assert code == 0, err
     assert (run_dir / "test_roc_pr.png").stat().st_size > 0
+    assert (run_dir / "test_reliability.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert (run_dir / "training_curves_fit.png").stat().st_size > 0
     logged = pd.read_csv(run_dir / "logs" / "fit" / "metrics.csv")
     assert {"train_loss", "val_loss", "val_accuracy"} <= set(logged.columns)

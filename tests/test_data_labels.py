@@ -138,7 +138,8 @@ def test_fit_and_predict_with_string_labels(string_label_run, capsys):
     assert main(["predict", str(run_dir), str(train), "-o", str(out), "--quiet"]) == 0
     predictions = pd.read_csv(out)
     assert set(predictions["prediction"]) <= {"Positive", "Negative"} and len(predictions) == 8
-    assert predictions.columns.tolist() == ["id", "prediction", "prob_Negative", "prob_Positive", "label"]
+    assert predictions.columns.tolist() == ["id", "prediction", "prob_Negative", "prob_Positive", "label",
+                                         "nearest_train_identity", "in_domain"]
     assert predictions["label"].tolist() == ["Positive", "Negative"] * 4
     capsys.readouterr()
     unseen = write(folder, "u.csv", "seq,type\nMKTAYIAK,Maybe\nGLFDIVKK,Positive\n")

@@ -118,8 +118,11 @@ def test_fasta_predictions_equal_protadapt_predict(run_dir, client, tmp_path, ca
     response = client.post("/predict", content=fasta.read_text(), headers={"content-type": FASTA})
     assert response.status_code == 200
     body = response.json()
-    assert body["n"] == 12 and body["columns"] == ["id", "prediction", "prob_0", "prob_1"]
+    assert body["n"] == 12 and body["columns"] == list(expected.columns) == [
+        "id", "prediction", "prob_0", "prob_1", "nearest_train_identity", "in_domain"]
     served = pd.DataFrame(body["predictions"], columns=body["columns"])
+    np.testing.assert_allclose(served["nearest_train_identity"], expected["nearest_train_identity"])
+    assert served["in_domain"].tolist() == expected["in_domain"].tolist()
     assert served["id"].tolist() == rows["id"].tolist()
     assert served["prediction"].tolist() == expected["prediction"].tolist()
     np.testing.assert_allclose(served[["prob_0", "prob_1"]], expected[["prob_0", "prob_1"]], atol=1e-6)
@@ -155,12 +158,14 @@ def test_regression_run_returns_values(tmp_path_factory):
     rows = mic[mic["split"] == "train"].sample(80, random_state=0)
     folder = tmp_path_factory.mktemp("mic")
     rows[["id", "sequence", "label"]].to_csv(folder / "train.csv", index=False)
-    run = fit_run(folder / "run", "--task", "custom", "--method", "lora", f"data.train_file={folder / 'train.csv'}")
+    run = fit_run(folder / "run", "--task", "custom", "--method", "lora", f"data.train_file={folder / 'train.csv'}",
+                  "data.calibration_fraction=0.25")
     client = TestClient(create_app(ModelService.load(run)))
     body = client.post("/predict", json=["KWKLFKKIGAVLKVL", "GIGKFLHSAKKFGKAFVGEIMNS"]).json()
-    assert body["columns"] == ["id", "prediction"]
+    assert body["columns"] == ["id", "prediction", "lower_0.1", "upper_0.1", "nearest_train_identity", "in_domain"]
     values = [row["prediction"] for row in body["predictions"]]
     assert all(isinstance(v, float) and np.isfinite(v) for v in values) and values[0] != values[1]
+    assert all(row["lower_0.1"] < row["prediction"] < row["upper_0.1"] for row in body["predictions"])
     assert client.get("/model").json()["problem_type"] == "regression"
 
 

@@ -25,6 +25,7 @@ METRIC_DIRECTION: dict[str, str] = {
     "pearson": "max",
     "spearman": "max",
     "r2": "max",
+    "ece": "min",
 }
 
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from protadapt.inference import pick_device, predict_scores
 from protadapt.model import ProteinPredictor
-from protadapt.inference import pick_device, predict_scores, prediction_frame
 from protadapt.serve.parsing import RequestError, parse_body
+from protadapt.uncertainty import annotated_predictions, scaled_scores
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,12 @@ class ModelService:
                 "predictions": json.loads(table.to_json(orient="records", double_precision=6))}
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The same table `protadapt predict` writes, so columns added there reach the API too."""
+        """The table `protadapt predict RUN_DIR` writes: scores after the run's temperature, sets/intervals, identity."""
         with self._lock:
             scores = predict_scores(self.predictor, frame, self.settings.batch_size,
                                     precision=self.settings.precision)
-        return prediction_frame(self.predictor, frame, scores)
+        scores = {self.run_dir.name: scaled_scores(self.run_dir, scores)}
+        return annotated_predictions(self.predictor, [self.run_dir], self.run_dir, frame, scores)
 
 
 def model_card(run_dir: Path, metadata: dict, settings: ServeSettings, max_length: int) -> dict:

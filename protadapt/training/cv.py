@@ -12,6 +12,7 @@ from protadapt.config import RunConfig
 from protadapt.data.splits import kfold_splits, split_groups
 from protadapt.data.tasks import Task, resolve_task
 from protadapt.files import write_csv_atomic
+from protadapt.training.calibrate import write_cv_conformal
 from protadapt.training.distributed import global_rank
 from protadapt.training.run import fit
 
@@ -54,6 +55,7 @@ def cross_validate(config: RunConfig, folds: Folds | None = None, out: str | Pat
     summary = summarise_folds(table)
     write_csv_atomic(summary, out / "summary.csv")
     (out / "summary.md").write_text(summary_markdown(summary, task, config, folds))
+    write_cv_conformal(out, config, task.problem_type)
     return table
 
 

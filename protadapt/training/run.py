@@ -3,7 +3,10 @@
 A run directory holds `config.yaml` (resolved), `adapter.safetensors` + `adapter.json` (head
 included), `metrics.json` (validation and test), `predictions.csv` (test set), `run.json`
 (wall time, memory, parameter counts, versions), `logs/` (Lightning CSV logs, and TensorBoard
-event files with `trainer.logger=csv,tensorboard`) and `checkpoints/` (for `--resume`).
+event files with `trainer.logger=csv,tensorboard`) and `checkpoints/` (for `--resume`); and for
+uncertainty (training/calibrate.py) `training_sequences.json`, `conformal.json` (with
+`data.calibration_fraction`), `calibration.json` (with `uncertainty.temperature`) and
+`test_reliability.png` (classification).
 
 Under DDP every process runs `fit`; the processes train together, and afterwards only global
 rank 0 evaluates and writes files, so a run directory is written once.
@@ -29,15 +32,18 @@ from protadapt.data.splits import split_groups
 from protadapt.data.tasks import Task, resolve_task
 from protadapt.embeddings.cache import EmbeddingCache
 from protadapt.evaluation.metrics import METRIC_DIRECTION
-from protadapt.evaluation.plots import plot_regression_scatter, plot_roc_pr, plot_training_curves
+from protadapt.evaluation.plots import (plot_regression_scatter, plot_reliability_diagram, plot_roc_pr,
+                                        plot_training_curves)
 from protadapt.files import write_csv_atomic, write_json_atomic
-from protadapt.inference import evaluate_frame, prediction_frame, predict_scores
+from protadapt.inference import evaluate_frame, predict_scores
 from protadapt.model import ProteinPredictor
+from protadapt.training.calibrate import calibrate_run, calibration_split, evaluated_predictions
 from protadapt.training.bilevel import BiDoRAModule, RetrainModule, reset_for_retraining
 from protadapt.training.distributed import global_rank, ranks_agree
 from protadapt.training.module import PredictorModule
 from protadapt.training.refit import initial_state, refits, restore_initial, standardise_on
 from protadapt.training.trainer import Phase, inference_precision, train
+from protadapt.uncertainty import scaled_scores
 
 
 @dataclass
@@ -63,6 +69,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     predictor = build_predictor(config, task, train)  # before the run directory: a missing backbone leaves nothing
+    train, calibration = calibration_split(train, config, task.problem_type)
     run_dir.mkdir(parents=True, exist_ok=True)
     datamodule = build_datamodule(config, predictor, train.reset_index(drop=True), test)
     trained = train_predictor(predictor, datamodule, config, run_dir, monitored_metric(config, task), resume,
@@ -74,6 +81,8 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
     predictor.save(run_dir, {"task": task.name, "problem_type": predictor.problem_type,
                              "labels": predictor.labels, "seed": config.seed})
     config.save(run_dir / "config.yaml")
+    calibrate_run(predictor, run_dir, train, datamodule.inner_val_df, calibration, config.uncertainty,
+                  config.data.batch_size, inference_precision(config.trainer.precision))
     metrics = {**evaluate_run(predictor, datamodule.inner_val_df, test, config, run_dir, refit_default), **trained}
     write_json_atomic(metrics, run_dir / "metrics.json")
     write_json_atomic(run_record(predictor, time.perf_counter() - started, ranks), run_dir / "run.json")
@@ -155,10 +164,12 @@ def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.
     elif refits(config.optim.refit, refit_default):
         metrics["val_note"] = "refit on all training data, inner validation split included"
     if test is not None:
-        scores = predict_scores(predictor, test, batch_size, precision=precision, cache=cache)
-        metrics["test"] = evaluate_frame(predictor, test, batch_size=batch_size, scores=scores)
-        write_csv_atomic(prediction_frame(predictor, test, scores), run_dir / "predictions.csv")
-        plot_predictions(test["label"].to_numpy(), scores, predictor.problem_type, run_dir)
+        scores = scaled_scores(run_dir, predict_scores(predictor, test, batch_size, precision=precision, cache=cache))
+        table, test_extra, extra = evaluated_predictions(predictor, run_dir, test, scores, config.uncertainty)
+        metrics["test"] = evaluate_frame(predictor, test, batch_size=batch_size, scores=scores) | test_extra
+        metrics |= extra
+        write_csv_atomic(table, run_dir / "predictions.csv")
+        plot_predictions(test["label"].to_numpy(), scores, predictor.problem_type, run_dir, config.uncertainty.ece_bins)
     for curves in sorted((run_dir / "logs").glob("*/metrics.csv")):
         plot_training_curves(curves, run_dir / f"training_curves_{curves.parent.name}.png")
     return metrics
@@ -176,10 +187,11 @@ def run_record(predictor: ProteinPredictor, wall_time_s: float, ranks: dict | No
     }
 
 
-def plot_predictions(y_true: np.ndarray, scores: np.ndarray, problem_type: str, run_dir: Path) -> None:
-    """Test-set figures next to metrics.json: ROC + PR curves, or predicted vs true."""
+def plot_predictions(y_true: np.ndarray, scores: np.ndarray, problem_type: str, run_dir: Path, ece_bins: int) -> None:
+    """Test-set figures next to metrics.json: ROC + PR curves and the reliability diagram, or predicted vs true."""
     if problem_type == "classification":
         plot_roc_pr(y_true, scores, run_dir / "test_roc_pr.png")
+        plot_reliability_diagram(y_true, scores, run_dir / "test_reliability.png", ece_bins)
     else:
         plot_regression_scatter(y_true, scores, run_dir / "test_scatter.png")
 
