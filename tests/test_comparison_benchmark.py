@@ -14,7 +14,7 @@ def test_smoke_mode_runs_end_to_end_and_reports_bidora_against_dora(tmp_path):
     assert (table["n_train"] == 198).all() and (table["seed"] == 0).all()
     text = (tmp_path / "results" / "comparison_esm2_8M.md").read_text()
     assert "Paired against **dora**" in text and "| bidora | 198 |" in text and "| **dora** (reference) | 198 |" in text
-    assert "Stage 1 (4 of 4 runs finished)" in text and "--smoke" in text
+    assert "Stage 1 (5 of 5 runs finished)" in text and "--smoke" in text  # dora, bidora, probe, 2 baselines
     assert "## Magnitude–direction analysis (bbb runs)" in text
 
 
