@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from protadapt.backbones import bert, esm, esmc
+from protadapt.backbones import bert, esm, esmc, hf
 from protadapt.backbones.base import FAMILIES, Architecture, Backbone, BackboneError, family
 from protadapt.backbones.esm import (
     FAIR_ESM_URL,
@@ -33,7 +33,6 @@ from protadapt.backbones.esm import (
     wrap_esm,
 )
 from protadapt.backbones.esm_hf import HF_DERIVED, HF_TO_FAIR_ESM, hf_architecture, hf_to_fair_esm_key, load_hf_directory
-from protadapt.backbones.hf import linear_shapes as _module_linear_shapes
 from protadapt.backbones.hf import read_config
 from protadapt.backbones.weights import MODEL_DIR_ENV, cached_snapshot, download, hf_snapshot, one_line, weight_search_paths
 
@@ -91,7 +90,7 @@ def linear_shapes(architecture: Architecture) -> list[tuple[str, int, int]]:
         return esm_linear_shapes(architecture)
     with torch.device("meta"):
         model, _ = build_model(architecture)
-    return _module_linear_shapes(model)
+    return hf.linear_shapes(model)
 
 
 def resolve_architecture(spec: str) -> Architecture:

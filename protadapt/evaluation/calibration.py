@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
-from protadapt.evaluation.metrics import _as_probability_matrix
+from protadapt.evaluation.metrics import as_probability_matrix
 
 _LOG_T_BOUNDS = (-5.0, 5.0)  # T between e^-5 and e^5: far beyond any useful temperature
 _EPSILON = 1e-12  # floor on probabilities before the log
@@ -68,13 +68,13 @@ def apply_temperature(logits: ArrayLike, temperature: float) -> np.ndarray:
 
 def logits_from_probabilities(probabilities: ArrayLike) -> np.ndarray:
     """log p (floored at 1e-12): logits up to a per-row constant, which softmax ignores."""
-    probabilities = _as_probability_matrix(np.asarray(probabilities, dtype=np.float64))
+    probabilities = as_probability_matrix(np.asarray(probabilities, dtype=np.float64))
     return np.log(np.clip(probabilities, _EPSILON, 1.0))
 
 
 def _check(y_true: ArrayLike, probabilities: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     labels = np.asarray(y_true).astype(np.int64).ravel()
-    probabilities = _as_probability_matrix(np.asarray(probabilities, dtype=np.float64))
+    probabilities = as_probability_matrix(np.asarray(probabilities, dtype=np.float64))
     if len(labels) != len(probabilities) or len(labels) == 0:
         raise ValueError(f"calibration needs one probability row per label; got {len(probabilities)} and {len(labels)}")
     return labels, probabilities

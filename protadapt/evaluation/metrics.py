@@ -43,13 +43,13 @@ def compute_metrics(problem_type: str, y_true: ArrayLike, y_score: ArrayLike) ->
         counts = f"y_true has {len(y_true)} rows but y_score has {len(y_score)}"
         raise ValueError(f"{counts}; give one score row per example")
     if problem_type == "classification":
-        return _classification_metrics(y_true.astype(np.int64), _as_probability_matrix(y_score))
+        return _classification_metrics(y_true.astype(np.int64), as_probability_matrix(y_score))
     if problem_type == "regression":
         return _regression_metrics(y_true.astype(np.float64).ravel(), y_score.ravel())
     raise ValueError(f"unknown problem_type {problem_type!r}; use 'classification' or 'regression'")
 
 
-def _as_probability_matrix(y_score: np.ndarray) -> np.ndarray:
+def as_probability_matrix(y_score: np.ndarray) -> np.ndarray:
     """Turn a binary task's 1-D probability of class 1 into the N x 2 matrix used everywhere."""
     if y_score.ndim == 1:
         return np.column_stack([1.0 - y_score, y_score])
