@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from protadapt import rundir
 from protadapt.adapters import method_names
 from protadapt.config import RunConfig
 from protadapt.data.splits import kfold_splits, split_groups
@@ -43,11 +44,15 @@ class Grid:
     baselines: tuple[str, ...] = BASELINES
 
 
-def run_comparison(base: RunConfig, grid: Grid, out: str | Path) -> pd.DataFrame:
+def run_comparison(base: RunConfig, grid: Grid, out: str | Path, *, overwrite: bool = False) -> pd.DataFrame:
     """Run (or reuse) every cell of `grid`, then write `OUT/comparison.csv`; returns that table."""
+    with rundir.claim(Path(out), overwrite=overwrite, reuse=True):  # one comparison per OUT at a time
+        return run_claimed(base, grid, Path(out))
+
+
+def run_claimed(base: RunConfig, grid: Grid, out: Path) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
-    out = Path(out)
     unknown = [m for m in grid.methods if m not in method_names() and m not in grid.baselines]
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(method_names())} "
@@ -141,8 +146,8 @@ def cell_dir(out: Path, task: str, method: str, seed: int, fold: int | None) -> 
 
 
 def run_cell(cell: Cell) -> None:
-    """Train one cell unless its metrics.json exists; a half-written cell is removed and trained afresh."""
-    if (cell.path / "metrics.json").exists():
+    """Train one cell unless it is complete; a half-written cell is removed and trained afresh."""
+    if (cell.path / rundir.MARKER).exists():
         return
     if cell.path.exists():
         shutil.rmtree(cell.path)
@@ -150,6 +155,7 @@ def run_cell(cell: Cell) -> None:
     reset_peak_rss()
     fit(cell.config, cell.path, train=cell.train, test=cell.test)
     _add_to_json(cell.path / "run.json", {"cell_peak_rss_mb": peak_rss_mb()})
+    rundir.mark_complete(cell.path)  # run.json changed: the manifest follows
 
 
 def run_baseline_cell(cell: Cell) -> None:

@@ -101,6 +101,7 @@ class RunConfig:
     seed: int = 0
     out: str = "runs"  # parent directory of run directories
     quiet: bool = False
+    progress: bool = False  # progress bars even when stderr is not a terminal (else a line per epoch)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -154,6 +155,10 @@ def check_choices(config: RunConfig) -> None:
         for value in values:
             if value.strip() not in allowed:
                 raise ConfigError(f"unknown {key} '{value}'; choose one of: {', '.join(allowed)}")
+    for key, value in {"adapter.rank": config.adapter.rank, "optim.max_epochs": config.optim.max_epochs,
+                       "data.batch_size": config.data.batch_size}.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, not {value}")
     if config.bilevel.unroll_steps < 1:
         raise ConfigError(f"bilevel.unroll_steps must be at least 1, not {config.bilevel.unroll_steps}")
 

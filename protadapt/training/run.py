@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from protadapt import rundir
 from protadapt.adapters import count_trainable
 from protadapt.backbones import load_backbone
 from protadapt.config import RunConfig
@@ -35,6 +36,7 @@ from protadapt.model import ProteinPredictor
 from protadapt.training.bilevel import BiDoRAModule, RetrainModule, reset_for_retraining
 from protadapt.training.distributed import global_rank, ranks_agree
 from protadapt.training.module import PredictorModule
+from protadapt.training.resume import check_resume_config, interruptible
 from protadapt.training.trainer import Phase, inference_precision, train
 
 
@@ -45,21 +47,31 @@ class RunResult:
     is_global_zero: bool = True
 
 
-def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
+def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
         train: pd.DataFrame | None = None, test: pd.DataFrame | None = None) -> RunResult:
     """Train one model and write its run directory; `train`/`test` override the task's split."""
+    run_dir = Path(run_dir or default_run_dir(config))
+    with rundir.claim(run_dir, resume=resume, overwrite=overwrite), interruptible():
+        result = fit_claimed(config, run_dir, resume, train, test)
+        if result.is_global_zero:
+            rundir.mark_complete(run_dir)  # last: a run without it is incomplete
+        return result
+
+
+def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFrame | None,
+                test: pd.DataFrame | None) -> RunResult:
+    """`fit` inside its run directory's lock."""
     started = time.perf_counter()
     task = resolve_task(config.data)
     if train is None:
         frame = task.load()
         train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     test = None if test is None or test.empty else test.reset_index(drop=True)
-    run_dir = Path(run_dir or default_run_dir(config))
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    predictor = build_predictor(config, task, train)  # before the run directory: a missing backbone leaves nothing
-    run_dir.mkdir(parents=True, exist_ok=True)
+    predictor = build_predictor(config, task, train)  # a missing backbone leaves nothing
     datamodule = build_datamodule(config, predictor, train.reset_index(drop=True), test)
+    check_resume_config(run_dir, config, resume)  # after validation: a refused run leaves no directory
     train_predictor(predictor, datamodule, config, run_dir, monitored_metric(config, task), resume)
     ranks = ranks_agree(predictor)
     if global_rank() != 0:  # DDP: the weights are identical on every rank; rank 0 writes them
@@ -173,4 +185,4 @@ def count_trainable_saved(predictor: ProteinPredictor) -> int:
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    return Path(config.out) / f"{config.data.task}-{config.adapter.method}-seed{config.seed}"
+    return Path(config.out) / rundir.default_name(config)
