@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from protadapt.adapters import AdapterConfig, method_names
+from protadapt.data.io import CONFLICT_POLICIES, DUPLICATE_ID_POLICIES, PROBLEM_TYPES
 from protadapt.heads import POOLINGS, HeadConfig
 
 
@@ -150,7 +151,11 @@ def check_choices(config: RunConfig) -> None:
                "head.pooling": ([config.head.pooling], POOLINGS),
                "optim.schedule": ([config.optim.schedule], SCHEDULES),
                "bilevel.hypergradient": ([config.bilevel.hypergradient], HYPERGRADIENTS),
-               "trainer.logger": (config.trainer.logger.split(","), LOGGERS)}
+               "trainer.logger": (config.trainer.logger.split(","), LOGGERS),
+               "data.conflicts": ([config.data.conflicts], CONFLICT_POLICIES),
+               "data.duplicate_ids": ([config.data.duplicate_ids], DUPLICATE_ID_POLICIES),
+               "data.problem_type": ([config.data.problem_type or "classification"], PROBLEM_TYPES),
+               "head.problem_type": ([config.head.problem_type], PROBLEM_TYPES)}
     for key, (values, allowed) in choices.items():
         for value in values:
             if value.strip() not in allowed:

@@ -47,6 +47,7 @@ def claim(run_dir: Path, *, resume: bool = False, overwrite: bool = False, reuse
     handle = take_lock(run_dir)
     try:
         prepare(run_dir, resume=resume, overwrite=overwrite, reuse=reuse)
+        write_holder(handle)
         yield run_dir
     except BaseException:
         if created and [p.name for p in run_dir.iterdir()] == [LOCK]:  # nothing was made: leave nothing
@@ -78,11 +79,15 @@ def take_lock(run_dir: Path):
         holder = handle.read().strip() or "another process"
         handle.close()
         raise RunDirError(f"{run_dir} is in use by {holder}; wait for it to finish or choose another --out") from None
+    return handle
+
+
+def write_holder(handle) -> None:
+    """Who holds the lock, for the error a second process gets."""
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     handle.flush()
-    return handle
 
 
 def prepare(run_dir: Path, *, resume: bool, overwrite: bool, reuse: bool) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Checkpoint
 
 from protadapt.config import ConfigError, RunConfig
 from protadapt.files import write_csv_atomic
@@ -32,8 +32,11 @@ SAVED_CONFIG = "resume-config.yaml"
 IGNORED_KEYS = {"quiet", "out", "progress"}  # settings that change nothing a resumed run computes
 
 
-class EpochCheckpoint(Callback):
-    """`last.ckpt` after every epoch, with RNG states; the batch sampler's epoch set by the trainer."""
+class EpochCheckpoint(Checkpoint):
+    """`last.ckpt` after every epoch, with RNG states; the batch sampler's epoch set by the trainer.
+
+    A `Checkpoint`, so Lightning runs it after the other callbacks' epoch-end hooks: listed after the
+    best-model `ModelCheckpoint` and `EarlyStopping`, the states it saves include this epoch's."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -122,15 +125,20 @@ def interruptible() -> Iterator[None]:
 
 
 def check_resume_config(run_dir: Path, config: RunConfig, resume: bool) -> None:
-    """Keep the settings a run started with; `--resume` with others is one line naming the key."""
+    """`--resume` keeps the settings the run started with: others are one line naming the key."""
     path = run_dir / "checkpoints" / SAVED_CONFIG
-    current = flatten(config.to_dict())
-    if resume and path.is_file():
-        saved = flatten(yaml.safe_load(path.read_text()) or {})
-        for key in sorted(set(saved) | set(current)):
-            if key.split(".")[0] not in IGNORED_KEYS and saved.get(key) != current.get(key):
-                raise ConfigError(f"{run_dir}: --resume with {key}={current.get(key)}, but the run was started "
-                                  f"with {key}={saved.get(key)}; resume with the same settings, or --overwrite")
+    if not (resume and path.is_file()):
+        return
+    saved, current = flatten(yaml.safe_load(path.read_text()) or {}), flatten(config.to_dict())
+    for key in sorted(set(saved) | set(current)):
+        if key.split(".")[0] not in IGNORED_KEYS and saved.get(key) != current.get(key):
+            raise ConfigError(f"{run_dir}: --resume with {key}={current.get(key)}, but the run was started "
+                              f"with {key}={saved.get(key)}; resume with the same settings, or --overwrite")
+
+
+def save_resume_config(run_dir: Path, config: RunConfig) -> None:
+    """The settings `--resume` must match, kept from the start (config.yaml is written at the end)."""
+    path = run_dir / "checkpoints" / SAVED_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
     config.save(path)
 

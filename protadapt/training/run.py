@@ -36,7 +36,7 @@ from protadapt.model import ProteinPredictor
 from protadapt.training.bilevel import BiDoRAModule, RetrainModule, reset_for_retraining
 from protadapt.training.distributed import global_rank, ranks_agree
 from protadapt.training.module import PredictorModule
-from protadapt.training.resume import check_resume_config, interruptible
+from protadapt.training.resume import check_resume_config, interruptible, save_resume_config
 from protadapt.training.trainer import Phase, inference_precision, train
 
 
@@ -51,6 +51,7 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
         train: pd.DataFrame | None = None, test: pd.DataFrame | None = None) -> RunResult:
     """Train one model and write its run directory; `train`/`test` override the task's split."""
     run_dir = Path(run_dir or default_run_dir(config))
+    check_resume_config(run_dir, config, resume)
     with rundir.claim(run_dir, resume=resume, overwrite=overwrite), interruptible():
         result = fit_claimed(config, run_dir, resume, train, test)
         if result.is_global_zero:
@@ -71,7 +72,7 @@ def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFr
 
     predictor = build_predictor(config, task, train)  # a missing backbone leaves nothing
     datamodule = build_datamodule(config, predictor, train.reset_index(drop=True), test)
-    check_resume_config(run_dir, config, resume)  # after validation: a refused run leaves no directory
+    save_resume_config(run_dir, config)  # after validation: a refused run leaves no directory
     train_predictor(predictor, datamodule, config, run_dir, monitored_metric(config, task), resume)
     ranks = ranks_agree(predictor)
     if global_rank() != 0:  # DDP: the weights are identical on every rank; rank 0 writes them

@@ -45,11 +45,12 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
     metric, mode = phase.monitor or (None, "min")
     folder = run_dir / "checkpoints" / phase.name
     last = folder / "last.ckpt"
-    callbacks = [EpochCheckpoint(last), *progress_callbacks(config)]
+    callbacks = progress_callbacks(config)
     if metric:
-        callbacks += [ModelCheckpoint(dirpath=folder, filename="best", monitor=metric, mode=mode, save_top_k=1,
-                                      enable_version_counter=False),
-                      EarlyStopping(monitor=metric, mode=mode, patience=config.optim.patience)]
+        callbacks += [EarlyStopping(monitor=metric, mode=mode, patience=config.optim.patience),
+                      ModelCheckpoint(dirpath=folder, filename="best", monitor=metric, mode=mode, save_top_k=1,
+                                      enable_version_counter=False)]
+    callbacks.append(EpochCheckpoint(last))  # last: its checkpoint holds the others' states of this epoch
     resuming = phase.resume and last.exists()
     trainer = make_trainer(module, config, run_dir, phase.name, callbacks)
     if resuming and finished(folder):  # this phase ended before the interruption: its last state, its RNG
