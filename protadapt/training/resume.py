@@ -56,7 +56,7 @@ class EpochCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         temporary = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(temporary)
+        trainer.save_checkpoint(temporary, weights_only=False)
         if trainer.is_global_zero:
             os.replace(temporary, self.path)
         trainer.strategy.barrier()
@@ -78,7 +78,7 @@ def mark_finished(folder: Path, trainer: L.Trainer) -> None:
 
 def restore_finished(module: L.LightningModule, last: Path) -> int:
     """A finished phase on --resume: the weights and RNG states it ended with, not a new fit."""
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"], strict=False)
     for callback_state in state.get("callbacks", {}).values():
         if isinstance(callback_state, dict) and "rng" in callback_state:

@@ -63,11 +63,11 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
                 warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
             with continue_log(run_dir / "logs" / phase.name / "metrics.csv", resuming):
                 trainer.fit(module, train_dataloaders=phase.train_loader, val_dataloaders=phase.val_loader,
-                            ckpt_path=str(last) if resuming else None)
+                            ckpt_path=str(last) if resuming else None, weights_only=True)
         mark_finished(folder, trainer)
         epoch = trainer.current_epoch
     if metric and (folder / "best.ckpt").is_file():
-        state = torch.load(folder / "best.ckpt", map_location="cpu", weights_only=False)
+        state = torch.load(folder / "best.ckpt", map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"], strict=False)
         epoch = int(state["epoch"])
     module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU: evaluate where it trained
