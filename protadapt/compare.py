@@ -147,7 +147,7 @@ def cell_dir(out: Path, task: str, method: str, seed: int, fold: int | None) -> 
 
 def run_cell(cell: Cell) -> None:
     """Train one cell unless it is complete; a half-written cell is removed and trained afresh."""
-    if (cell.path / rundir.MARKER).exists():
+    if rundir.is_complete(cell.path):
         return
     if cell.path.exists():
         shutil.rmtree(cell.path)

@@ -134,6 +134,15 @@ def check_complete(run_dir: Path) -> None:
                               "refit (or --resume) the run")
 
 
+def is_complete(run_dir: Path) -> bool:
+    """`check_complete` as a yes/no, for callers that redo an unfinished run (compare's cells)."""
+    try:
+        check_complete(run_dir)
+    except RunDirError:
+        return False
+    return (run_dir / MARKER).is_file()
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

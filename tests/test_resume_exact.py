@@ -22,7 +22,8 @@ EPOCHS = 4
 
 
 def command(out: Path, method: str, backbone: str = "tiny", *extra: str) -> list[str]:
-    return [sys.executable, "-m", "protadapt.cli", "fit", "--task", "bbb", "--method", method, "--backbone", backbone,
+    random = [] if backbone == "tiny" else ["--random-init"]
+    return [sys.executable, "-m", "protadapt.cli", "fit", "--task", "bbb", "--method", method, "--backbone", backbone, *random,
             "--out", str(out), f"optim.max_epochs={EPOCHS}", "optim.patience=100", "data.batch_size=16",
             "adapter.dropout=0.1", "head.dropout=0.2", *extra]
 
@@ -63,15 +64,15 @@ def uninterrupted(tmp_path: Path, method: str, backbone: str = "tiny") -> bytes:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "bidora"])
-def test_kill_9_then_resume_gives_the_same_metrics(method, tmp_path):
-    expected = uninterrupted(tmp_path, method)
+@pytest.mark.parametrize("method, backbone", [("lora", "tiny"), ("bidora", "tiny"), ("lora", "esm2_t6_8M_UR50D")])
+def test_kill_9_then_resume_gives_the_same_metrics(method, backbone, tmp_path):
+    expected = uninterrupted(tmp_path, method, backbone)
     for name, epochs_done, extra_wait in (("after1", 1, 0.0), ("mid3", 2, 0.4), ("late", EPOCHS, 0.3)):
         out = tmp_path / name
-        code, _ = kill_after(command(out, method), out, epochs_done, extra_wait, signal.SIGKILL)
+        code, _ = kill_after(command(out, method, backbone), out, epochs_done, extra_wait, signal.SIGKILL)
         if name != "late":  # the late kill may land after the run finished
             assert code == -signal.SIGKILL and not (out / "complete.json").exists()
-        resumed = run(command(out, method, "tiny", "--resume"))
+        resumed = run(command(out, method, backbone, "--resume"))
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert (out / "metrics.json").read_bytes() == expected, name
 
