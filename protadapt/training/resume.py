@@ -25,8 +25,8 @@ import yaml
 from lightning.pytorch.callbacks import Checkpoint
 
 from protadapt.config import ConfigError, RunConfig
-from protadapt.files import write_csv_atomic
-from protadapt.rundir import RunInterrupted
+from protadapt.files import write_csv_atomic, write_text_atomic
+from protadapt.rundir import RunInterrupted, is_rank_zero
 
 SAVED_CONFIG = "resume-config.yaml"
 IGNORED_KEYS = {"quiet", "out", "progress"}  # settings that change nothing a resumed run computes
@@ -138,9 +138,11 @@ def check_resume_config(run_dir: Path, config: RunConfig, resume: bool) -> None:
 
 def save_resume_config(run_dir: Path, config: RunConfig) -> None:
     """The settings `--resume` must match, kept from the start (config.yaml is written at the end)."""
+    if not is_rank_zero():  # DDP: rank 0 keeps the run's files
+        return
     path = run_dir / "checkpoints" / SAVED_CONFIG
     path.parent.mkdir(parents=True, exist_ok=True)
-    config.save(path)
+    write_text_atomic(yaml.safe_dump(config.to_dict(), sort_keys=False), path)
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
