@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from protadapt.rundir import RunInterrupted
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -25,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("protadapt: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, RunInterrupted):
+        hints = {"fit": " (resume with --resume)", "cv": " (resume with --resume)", "compare": " (run it again to continue)"}
+        print(f"protadapt: interrupted{hints.get(args.command, '')}", file=sys.stderr)
         return 130
     except Exception as error:  # every user-facing error is one line; PROTADAPT_DEBUG=1 shows the traceback
         if os.environ.get("PROTADAPT_DEBUG"):
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit = commands.add_parser("fit", help="train one model; writes a run directory")
     _add_run_options(fit)
     fit.add_argument("--out", help="run directory (default: runs/TASK-METHOD-seedN)")
-    fit.add_argument("--resume", action="store_true", help="continue an interrupted fit from its last checkpoint")
+    _add_existing_options(fit, "continue an interrupted fit from its last finished epoch")
     fit.set_defaults(handler=_fit)
 
     cv = commands.add_parser("cv", help="k-fold cross-validation on the task's training split")
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--folds", type=int, help="number of folds (default 5)")
     cv.add_argument("--repeats", type=int, help="repeats of the whole k-fold cut, each with new seeds (default 1)")
     cv.add_argument("--out", help="output directory (default: runs/cv-TASK-METHOD-seedN)")
+    _add_existing_options(cv, "continue an interrupted cv: finished folds are kept, the others resumed")
     cv.set_defaults(handler=_cv)
 
     predict = commands.add_parser("predict", help="predict a FASTA/CSV file with a trained run, a cv output or an ensemble")
@@ -115,6 +119,8 @@ def _add_compare(commands) -> None:
     compare.add_argument("--config", help="YAML file of settings for every cell")
     compare.add_argument("--out", default="runs/compare", help="output directory (cells/, comparison.csv, .md)")
     compare.add_argument("--quiet", action="store_true", default=None)
+    compare.add_argument("--progress", action="store_true", default=None, help="progress bars even when not on a terminal")
+    compare.add_argument("--overwrite", action="store_true", help="clear OUT first (by default finished cells are reused)")
     compare.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every cell")
     compare.set_defaults(handler=_compare)
 
@@ -139,6 +145,13 @@ def _add_export(commands) -> None:
     export.set_defaults(handler=_export)
 
 
+def _add_existing_options(parser: argparse.ArgumentParser, resume_help: str) -> None:
+    """An existing output directory is refused unless the user resumes or overwrites it."""
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help=resume_help)
+    existing.add_argument("--overwrite", action="store_true", help="delete what the output directory holds first")
+
+
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, …")
@@ -155,6 +168,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of settings (see configs/)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--quiet", action="store_true", default=None, help="no progress bars or info logs")
+    parser.add_argument("--progress", action="store_true", default=None,
+                        help="progress bars even when stderr is not a terminal (default there: a line per epoch)")
     trainer = parser.add_argument_group("scaling out (passed to the Lightning Trainer)")
     trainer.add_argument("--accelerator", help="cpu, gpu, mps or auto")
     trainer.add_argument("--devices", help="number of devices, or a list such as 0,1")
@@ -170,7 +185,7 @@ def run_config(args: argparse.Namespace):
     from protadapt.config import load_config
 
     flags = {"data.task": args.task, "adapter.method": args.method, "backbone": args.backbone,
-             "random_init": args.random_init, "seed": args.seed, "quiet": args.quiet,
+             "random_init": args.random_init, "seed": args.seed, "quiet": args.quiet, "progress": args.progress,
              "trainer.accelerator": args.accelerator, "trainer.devices": args.devices,
              "trainer.strategy": args.strategy, "trainer.num_nodes": args.num_nodes,
              "trainer.precision": args.precision}
@@ -182,7 +197,7 @@ def _fit(args: argparse.Namespace) -> int:
     from protadapt.training.run import fit
 
     config = run_config(args)
-    result = fit(config, args.out, resume=args.resume)
+    result = fit(config, args.out, resume=args.resume, overwrite=args.overwrite)
     if result.is_global_zero:  # under DDP the other ranks trained too, but report nothing
         print(json.dumps({"run_dir": str(result.run_dir), **result.metrics}, indent=2))
     return 0
@@ -193,7 +208,7 @@ def _cv(args: argparse.Namespace) -> int:
 
     config = run_config(args)
     folds = Folds(**{k: v for k, v in {"folds": args.folds, "repeats": args.repeats}.items() if v is not None})
-    table = cross_validate(config, folds, args.out)
+    table = cross_validate(config, folds, args.out, resume=args.resume, overwrite=args.overwrite)
     if not table.empty:  # empty on DDP ranks other than 0
         print(table.to_string(index=False))
     return 0
@@ -204,14 +219,15 @@ def _compare(args: argparse.Namespace) -> int:
 
     from protadapt.compare import Grid, parse_max_train, parse_seeds, run_comparison
     from protadapt.config import load_config
+    from protadapt.files import write_text_atomic
     from protadapt.report import comparison_markdown
 
     started = time.perf_counter()
-    flags = {"backbone": args.backbone, "random_init": args.random_init, "quiet": args.quiet}
+    flags = {"backbone": args.backbone, "random_init": args.random_init, "quiet": args.quiet, "progress": args.progress}
     base = load_config(args.config, [f"{k}={v}" for k, v in flags.items() if v is not None] + list(args.overrides))
     grid = Grid(tasks=args.tasks.split(","), methods=args.methods.split(","), seeds=parse_seeds(args.seeds),
                 cv=args.cv, max_train=parse_max_train(args.max_train))
-    table = run_comparison(base, grid, args.out)
+    table = run_comparison(base, grid, args.out, overwrite=args.overwrite)
     options = {"--tasks": args.tasks, "--methods": args.methods, "--seeds": args.seeds, "--backbone": args.backbone,
                "--cv": args.cv, "--max-train": args.max_train, "--reference": args.reference, "--config": args.config,
                "--out": args.out}
@@ -219,7 +235,7 @@ def _compare(args: argparse.Namespace) -> int:
                         *(["--random-init"] if args.random_init else []), *args.overrides])
     report = comparison_markdown(table, reference=args.reference, command=command,
                                  wall_time_s=time.perf_counter() - started)
-    (Path(args.out) / "comparison.md").write_text(report)
+    write_text_atomic(report, Path(args.out) / "comparison.md")
     print(report)
     return 0
 
@@ -289,6 +305,8 @@ def _predict(args: argparse.Namespace) -> int:
     from protadapt.model import ProteinPredictor
     from protadapt.uncertainty import predict_runs
 
+    output = output_path(args.output, args.input, ".predictions.csv",
+                         tuple(file for run in args.run_dirs for file in run_files(run)))
     device = pick_device(args.device)
     runs = find_run_dirs(args.run_dirs)
     predictor, metadata = ProteinPredictor.load(runs[0])
@@ -297,7 +315,6 @@ def _predict(args: argparse.Namespace) -> int:
     source = Path(args.run_dirs[0]) if len(args.run_dirs) == 1 else None  # its conformal.json, if any
     table = predict_runs(runs, source, frame, predictor.to(device), device=device, alpha=args.alpha,
                          **_batch_size(args), progress=not args.quiet, precision=args.precision)
-    output = Path(args.output or f"{Path(args.input).stem}.predictions.csv")
     write_csv_atomic(table, output)
     print(f"wrote {len(frame)} predictions to {output}")
     return 0
@@ -305,10 +322,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from protadapt.data.for_run import read_for_run, undefined_as_null
+    from protadapt.files import write_text_atomic
     from protadapt.inference import evaluate_frame, pick_device, predict_scores
     from protadapt.model import ProteinPredictor
     from protadapt.uncertainty import scaled_scores
 
+    output = output_path(args.output, args.input, ".metrics.json", run_files(args.run_dir)) if args.output else None
     device = pick_device(args.device)
     predictor, metadata = ProteinPredictor.load(args.run_dir)
     frame = read_for_run(args.input, args.run_dir, metadata, require_labels=True, min_class_count=1,
@@ -317,8 +336,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     scores = scaled_scores(args.run_dir, predict_scores(predictor, frame, **_batch_size(args), precision=args.precision))
     metrics = evaluate_frame(predictor, frame, scores=scores)
     text = json.dumps(undefined_as_null(metrics, frame), indent=2)
-    if args.output:
-        Path(args.output).write_text(text + "\n")
+    if output:
+        write_text_atomic(text + "\n", output)
     print(text)
     return 0
 
@@ -346,6 +365,17 @@ def _methods(args: argparse.Namespace) -> int:
         config = AdapterConfig(method=name, rank=rank, include_ffn=args.include_ffn)
         print(f"{name:<8} {expected_trainable(architecture, config):>26,}")
     return 0
+
+
+def output_path(output: str | None, input_file: str, suffix: str, protected: tuple) -> Path:
+    from protadapt.outputs import output_path as checked
+
+    return checked(output, input_file, suffix, protected)
+
+
+def run_files(run_dir: str) -> tuple:
+    """A run's own files may not be outputs either."""
+    return tuple(Path(run_dir).iterdir()) if Path(run_dir).is_dir() else ()
 
 
 def _batch_size(args: argparse.Namespace) -> dict:

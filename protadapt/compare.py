@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from protadapt import rundir
 from protadapt.adapters import method_names
 from protadapt.config import RunConfig, load_config
 from protadapt.data.splits import kfold_splits, split_groups
@@ -47,8 +48,13 @@ class Grid:
     baselines: tuple[str, ...] = BASELINES
 
 
-def run_comparison(base: RunConfig, grid: Grid, out: str | Path) -> pd.DataFrame:
+def run_comparison(base: RunConfig, grid: Grid, out: str | Path, *, overwrite: bool = False) -> pd.DataFrame:
     """Run (or reuse) every cell of `grid`, then write `OUT/comparison.csv`; returns that table."""
+    with rundir.claim(Path(out), overwrite=overwrite, reuse=True):  # one comparison per OUT at a time
+        return run_claimed(base, grid, Path(out))
+
+
+def run_claimed(base: RunConfig, grid: Grid, out: Path) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -151,8 +157,8 @@ def cell_dir(out: Path, task: str, method: str, seed: int, fold: int | None) -> 
 
 
 def run_cell(cell: Cell) -> None:
-    """Train one cell unless its metrics.json exists; a half-written cell is removed and trained afresh."""
-    if (cell.path / "metrics.json").exists():
+    """Train one cell unless it is complete; a half-written cell is removed and trained afresh."""
+    if rundir.is_complete(cell.path):
         return
     if cell.path.exists():
         shutil.rmtree(cell.path)
@@ -160,6 +166,7 @@ def run_cell(cell: Cell) -> None:
     reset_peak_rss()
     fit(cell.config, cell.path, train=cell.train, test=cell.test, refit_default=True)  # equal rows for every method
     _add_to_json(cell.path / "run.json", {"cell_peak_rss_mb": peak_rss_mb()})
+    rundir.mark_complete(cell.path)  # run.json changed: the manifest follows
 
 
 def run_baseline_cell(cell: Cell) -> None:

@@ -16,6 +16,7 @@ import yaml
 from protadapt.adapters import AdapterConfig, method_names
 from protadapt.embeddings.cache import CacheConfig
 from protadapt.evaluation.conformal import SCORES
+from protadapt.data.io import CONFLICT_POLICIES, DUPLICATE_ID_POLICIES, PROBLEM_TYPES
 from protadapt.heads import POOLINGS, HeadConfig
 
 
@@ -120,6 +121,7 @@ class RunConfig:
     seed: int = 0
     out: str = "runs"  # parent directory of run directories
     quiet: bool = False
+    progress: bool = False  # progress bars even when stderr is not a terminal (else a line per epoch)
     data: DataConfig = field(default_factory=DataConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -171,7 +173,11 @@ def check_choices(config: RunConfig) -> None:
                "optim.schedule": ([config.optim.schedule], SCHEDULES),
                "bilevel.hypergradient": ([config.bilevel.hypergradient], HYPERGRADIENTS),
                "trainer.logger": (config.trainer.logger.split(","), LOGGERS),
-               "uncertainty.set_score": ([config.uncertainty.set_score], SCORES["classification"])}
+               "uncertainty.set_score": ([config.uncertainty.set_score], SCORES["classification"]),
+               "data.conflicts": ([config.data.conflicts], CONFLICT_POLICIES),
+               "data.duplicate_ids": ([config.data.duplicate_ids], DUPLICATE_ID_POLICIES),
+               "data.problem_type": ([config.data.problem_type or "classification"], PROBLEM_TYPES),
+               "head.problem_type": ([config.head.problem_type], PROBLEM_TYPES)}
     for key, (values, allowed) in choices.items():
         for value in values:
             if value.strip() not in allowed:
@@ -182,6 +188,10 @@ def check_choices(config: RunConfig) -> None:
             raise ConfigError(f"{key} must be in [0, 1) (alpha above 0), not {value}")
     if config.uncertainty.ece_bins < 1:
         raise ConfigError(f"uncertainty.ece_bins must be at least 1, not {config.uncertainty.ece_bins}")
+    for key, value in {"adapter.rank": config.adapter.rank, "optim.max_epochs": config.optim.max_epochs,
+                       "data.batch_size": config.data.batch_size}.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be at least 1, not {value}")
     if config.bilevel.unroll_steps < 1:
         raise ConfigError(f"bilevel.unroll_steps must be at least 1, not {config.bilevel.unroll_steps}")
 

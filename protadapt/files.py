@@ -48,8 +48,33 @@ def json_number(value):
     raise TypeError(f"cannot store {type(value).__name__} in JSON")
 
 
+class WriteError(OSError):
+    """A file could not be written (full disk, no permission): one line naming the file."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def write_atomic(path: Path, mode: str, write: Callable[[IO], object]) -> Path:
-    """Call `write(handle)` on a temporary file next to `path`, fsync it, then rename it onto `path`."""
+    """Call `write(handle)` on a temporary file next to `path`, fsync it, then rename it onto `path`.
+
+    A target that exists and is not a regular file (`/dev/null`, `/dev/stdout`, a FIFO) is written
+    in place, never replaced; a directory is refused."""
+    try:
+        if path.is_dir():
+            raise WriteError(f"{path} is a directory; give a file name")
+        if path.exists() and not path.is_file():
+            with open(path, mode, **({"newline": ""} if "b" not in mode else {})) as handle:
+                write(handle)
+            return path
+        return replace_atomically(path, mode, write)
+    except WriteError:
+        raise
+    except OSError as error:
+        raise WriteError(f"{path}: cannot write ({error.strerror or error})") from None
+
+
+def replace_atomically(path: Path, mode: str, write: Callable[[IO], object]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -63,3 +88,8 @@ def write_atomic(path: Path, mode: str, write: Callable[[IO], object]) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> Path:
+    """Plain text, all-or-nothing."""
+    return write_atomic(Path(path), "w", lambda handle: handle.write(text))

@@ -18,6 +18,7 @@ from protadapt.adapters import AdapterConfig, AdapterError, DecomposedLinear, Me
 from protadapt.adapters.base import load_state_exact, load_tensors, save_tensors
 from protadapt.backbones import Architecture, Backbone, load_backbone, rebuild
 from protadapt.heads import Head, HeadConfig, pool
+from protadapt.rundir import check_complete
 
 FORMAT_VERSION = 1
 
@@ -108,6 +109,7 @@ class ProteinPredictor(nn.Module):
     def load(cls, directory: str | Path, backbone: Backbone | str | None = None) -> tuple["ProteinPredictor", dict]:
         """Rebuild a saved predictor. `backbone` defaults to the one named in the saved metadata."""
         directory = Path(directory)
+        check_complete(directory)  # an unfinished or altered run is refused before anything is read
         state, metadata = load_tensors(directory)
         if backbone is None:
             backbone = backbone_from_metadata(metadata["backbone"])

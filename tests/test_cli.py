@@ -17,6 +17,7 @@ import torch
 
 import protadapt.training.run as run_module
 from protadapt.cli import main
+from protadapt.rundir import RunInterrupted
 from protadapt.config import load_config
 from protadapt.data.tasks import get_task
 from protadapt.training.module import PredictorModule
@@ -288,25 +289,32 @@ def test_resume_continues_from_last_checkpoint(tmp_path, capsys, monkeypatch):
 
     def counting_step(self, batch, batch_idx):
         steps.append(self.trainer.current_epoch)
+        if self.trainer.current_epoch == 1 and interrupt:
+            raise RunInterrupted("SIGINT")  # what the signal handler raises on Ctrl-C
         return original(self, batch, batch_idx)
 
+    interrupt = True
     monkeypatch.setattr(PredictorModule, "training_step", counting_step)
     run_dir = tmp_path / "run"
     args = ["fit", "--task", "bbb", "--method", "lora", "--backbone", "tiny", "--quiet", "data.batch_size=32",
-            "optim.patience=10", "--out", run_dir]
-    assert cli(capsys, *args, "optim.max_epochs=1")[0] == 0
-    first = torch.load(run_dir / "checkpoints" / "fit" / "last.ckpt", weights_only=False)
-    assert first["epoch"] == 0 and set(steps) == {0}
-    per_epoch = len(steps)
+            "optim.patience=10", "optim.max_epochs=2", "--out", run_dir]
+    code, _, err = cli(capsys, *args)
+    assert code == 130 and err.strip() == "protadapt: interrupted (resume with --resume)"
+    first = torch.load(run_dir / "checkpoints" / "fit" / "last.ckpt", weights_only=True)
+    assert first["epoch"] == 0 and not (run_dir / "complete.json").exists()
+    per_epoch = steps.count(0)
 
     steps.clear()
-    code, _, err = cli(capsys, *args, "optim.max_epochs=2", "--resume")
+    interrupt = False
+    code, _, err = cli(capsys, *args, "--resume")
     assert code == 0, err
     assert steps == [1] * per_epoch  # only the second epoch ran: no restart from epoch 0
-    second = torch.load(run_dir / "checkpoints" / "fit" / "last.ckpt", weights_only=False)
+    second = torch.load(run_dir / "checkpoints" / "fit" / "last.ckpt", weights_only=True)
     assert second["global_step"] == 2 * first["global_step"]  # steps continued from the checkpoint
     logged = pd.read_csv(run_dir / "logs" / "fit" / "metrics.csv")
     assert sorted(logged["epoch"].dropna().unique().astype(int)) == [0, 1]  # epoch 0's log survives
+    code, _, err = cli(capsys, *args, "optim.lr=0.5", "--resume")
+    assert code == 1 and "optim.lr=0.5" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- configs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -33,9 +34,18 @@ def read_for_run(path: str | os.PathLike, run_dir: str | os.PathLike, metadata: 
         return read_sequences(path, **options, **kwargs)
     except DataError as error:
         if "sequence_column" not in options or f"no column '{options['sequence_column']}'" not in str(error):
-            raise
+            raise without_fit_hints(error, options["problem_type"]) from None
     defaults = {key: value for key, value in options.items() if not key.endswith("_column")}
-    return read_sequences(path, **defaults, **kwargs)
+    try:
+        return read_sequences(path, **defaults, **kwargs)
+    except DataError as error:
+        raise without_fit_hints(error, options["problem_type"]) from None
+
+
+def without_fit_hints(error: DataError, problem_type: str) -> DataError:
+    """predict/evaluate have no data.problem_type option: say what the run is instead."""
+    text = re.sub(r"\s*\((pass )?data\.problem_type=[^)]*\)", f" (the run is a {problem_type} model)", str(error))
+    return error if text == str(error) else DataError(text)
 
 
 def undefined_as_null(metrics: dict, frame: pd.DataFrame) -> dict:

@@ -133,11 +133,19 @@ def parse_table(
     return records.astype({"id": object, "sequence": object, "label": object}), has_labels
 
 
+def _checked_rows(rows, name: str):
+    """The csv module's own errors (a field over its size limit, a NUL byte) as one line naming the row."""
+    try:
+        yield from rows
+    except csv.Error as error:
+        raise DataError(f"{name} line {rows.line_num + 1}: cannot parse ({error}); check quoting and separators") from None
+
+
 def _row_lines(text: str, separator: str, name: str) -> list[int]:
     """The file line each data row starts on; a row with more or fewer fields than the header is an error."""
     rows = csv.reader(StringIO(text), delimiter=separator)
     header, lines, previous = None, [], 0
-    for row in rows:
+    for row in _checked_rows(rows, name):
         start, previous = previous + 1, rows.line_num
         if not row:  # blank line
             continue

@@ -163,6 +163,9 @@ def resolve_task(data: "DataConfig") -> Task | CustomTask:
 
     The table options (data.sequence_column, ...) are for custom tasks."""
     if data.task != "custom":
+        given = [key for key in ("train_file", "test_file", "labels_file") if getattr(data, key)]
+        if given:
+            raise DataError(f"data.{given[0]} is for --task custom; the task here is '{data.task}'")
         return get_task(data.task)
     if not data.train_file:
         raise DataError("the custom task needs a labelled file: data.train_file=PATH (CSV, TSV or FASTA)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -73,7 +74,8 @@ def composition_baseline(
         if len(classes) < 2:
             raise ValueError("composition baseline needs at least two classes in the training labels")
         folds = int(min(5, np.bincount(np.searchsorted(classes, train_labels)).min()))
-        classifier = (LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=folds, max_iter=5000, random_state=seed)
+        classifier = (LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=folds, max_iter=5000, random_state=seed,
+                                           **current_defaults(LogisticRegressionCV))
                       if folds >= 2 else LogisticRegression(max_iter=5000, random_state=seed))
         model = make_pipeline(StandardScaler(), classifier)
         model.fit(train_features, train_labels.astype(np.int64))
@@ -85,6 +87,15 @@ def composition_baseline(
         model.fit(train_features, train_labels.astype(np.float64))
         return model.predict(test_features)
     raise ValueError(f"unknown problem_type {problem_type!r}; use 'classification' or 'regression'")
+
+
+# the values scikit-learn ≥ 1.8 asks to be set explicitly (today's behaviour, no FutureWarning)
+EXPLICIT = {"l1_ratios": (0.0,), "scoring": "accuracy", "use_legacy_attributes": False}
+
+
+def current_defaults(estimator: type) -> dict:
+    """EXPLICIT on a scikit-learn that has the new parameters; nothing on older ones (which never warn)."""
+    return EXPLICIT if "use_legacy_attributes" in inspect.signature(estimator).parameters else {}
 
 
 def composition_features(sequences: Sequence[str]) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from protadapt import rundir
 from protadapt.adapters import count_trainable
 from protadapt.backbones import load_backbone
 from protadapt.config import RunConfig
@@ -42,6 +43,7 @@ from protadapt.training.bilevel import BiDoRAModule, RetrainModule, reset_for_re
 from protadapt.training.distributed import global_rank, ranks_agree
 from protadapt.training.module import PredictorModule
 from protadapt.training.refit import initial_state, refits, restore_initial, standardise_on
+from protadapt.training.resume import check_resume_config, interruptible, save_resume_config
 from protadapt.training.trainer import Phase, inference_precision, train
 from protadapt.uncertainty import scaled_scores
 
@@ -53,25 +55,36 @@ class RunResult:
     is_global_zero: bool = True
 
 
-def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False,
+def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
         train: pd.DataFrame | None = None, test: pd.DataFrame | None = None,
         refit_default: bool = False) -> RunResult:
     """Train one model and write its run directory; `train`/`test` override the task's split.
 
     `refit_default`: whether an unset `optim.refit` refits (`compare` passes True)."""
+    run_dir = Path(run_dir or default_run_dir(config))
+    check_resume_config(run_dir, config, resume)
+    with rundir.claim(run_dir, resume=resume, overwrite=overwrite), interruptible():
+        result = fit_claimed(config, run_dir, resume, train, test, refit_default)
+        if result.is_global_zero:
+            rundir.mark_complete(run_dir)  # last: a run without it is incomplete
+        return result
+
+
+def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFrame | None,
+                test: pd.DataFrame | None, refit_default: bool = False) -> RunResult:
+    """`fit` inside its run directory's lock."""
     started = time.perf_counter()
     task = resolve_task(config.data)
     if train is None:
         frame = task.load()
         train, test = frame[frame["split"] == "train"], frame[frame["split"] == "test"]
     test = None if test is None or test.empty else test.reset_index(drop=True)
-    run_dir = Path(run_dir or default_run_dir(config))
     L.seed_everything(config.seed, workers=True, verbose=False)
 
-    predictor = build_predictor(config, task, train)  # before the run directory: a missing backbone leaves nothing
+    predictor = build_predictor(config, task, train)  # a missing backbone leaves nothing
     train, calibration = calibration_split(train, config, task.problem_type)
-    run_dir.mkdir(parents=True, exist_ok=True)
     datamodule = build_datamodule(config, predictor, train.reset_index(drop=True), test)
+    save_resume_config(run_dir, config)  # after validation: a refused run leaves no directory
     trained = train_predictor(predictor, datamodule, config, run_dir, monitored_metric(config, task), resume,
                               refit_default)
     ranks = ranks_agree(predictor)
@@ -214,4 +227,4 @@ def count_trainable_saved(predictor: ProteinPredictor) -> int:
 
 
 def default_run_dir(config: RunConfig) -> Path:
-    return Path(config.out) / f"{config.data.task}-{config.adapter.method}-seed{config.seed}"
+    return Path(config.out) / rundir.default_name(config)

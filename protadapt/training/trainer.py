@@ -6,22 +6,20 @@ gathered over all ranks (the same on each), and the rest are deprecations inside
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from protadapt.config import ConfigError, RunConfig
-from protadapt.files import write_csv_atomic
 from protadapt.training.module import PredictorModule
+from protadapt.training.progress import progress_bars, progress_callbacks
+from protadapt.training.resume import EpochCheckpoint, continue_log, finished, mark_finished, restore_finished
 
 NOISE = (".*when logging on epoch level in distributed setting.*",
          ".*torch.distributed.nn.functional.all_gather is deprecated.*",
@@ -45,24 +43,31 @@ class Phase:
 def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phase) -> int:
     """Run one Lightning fit; load the best checkpoint when the phase monitors a metric; return its epoch."""
     metric, mode = phase.monitor or (None, "min")
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints" / phase.name, filename="best",
-                                 monitor=metric, mode=mode, save_top_k=1 if metric else 0, save_last=True)
-    callbacks = [checkpoint] + ([EarlyStopping(monitor=metric, mode=mode, patience=config.optim.patience)]
-                                if metric else [])
-    trainer = make_trainer(module, config, run_dir, phase.name, callbacks)
-    last = run_dir / "checkpoints" / phase.name / "last.ckpt"
+    folder = run_dir / "checkpoints" / phase.name
+    last = folder / "last.ckpt"
+    callbacks = progress_callbacks(config)
+    if metric:
+        callbacks += [EarlyStopping(monitor=metric, mode=mode, patience=config.optim.patience),
+                      ModelCheckpoint(dirpath=folder, filename="best", monitor=metric, mode=mode, save_top_k=1,
+                                      enable_version_counter=False)]
+    callbacks.append(EpochCheckpoint(last))  # last: its checkpoint holds the others' states of this epoch
     resuming = phase.resume and last.exists()
-    with warnings.catch_warnings():
-        for noise in NOISE:
-            warnings.filterwarnings("ignore", message=noise)
-        if config.quiet or phase.resume:
-            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-        with keep_earlier_logs(run_dir / "logs" / phase.name / "metrics.csv", resuming):
-            trainer.fit(module, train_dataloaders=phase.train_loader, val_dataloaders=phase.val_loader,
-                        ckpt_path=str(last) if resuming else None)
-    epoch = trainer.current_epoch
-    if metric and checkpoint.best_model_path:
-        state = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    trainer = make_trainer(module, config, run_dir, phase.name, callbacks)
+    if resuming and finished(folder):  # this phase ended before the interruption: its last state, its RNG
+        epoch = restore_finished(module, last)
+    else:
+        with warnings.catch_warnings():
+            for noise in NOISE:
+                warnings.filterwarnings("ignore", message=noise)
+            if config.quiet or phase.resume:
+                warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            with continue_log(run_dir / "logs" / phase.name / "metrics.csv", resuming):
+                trainer.fit(module, train_dataloaders=phase.train_loader, val_dataloaders=phase.val_loader,
+                            ckpt_path=str(last) if resuming else None, weights_only=True)
+        mark_finished(folder, trainer)
+        epoch = trainer.current_epoch
+    if metric and (folder / "best.ckpt").is_file():
+        state = torch.load(folder / "best.ckpt", map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"], strict=False)
         epoch = int(state["epoch"])
     module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU: evaluate where it trained
@@ -76,7 +81,7 @@ def make_trainer(module: PredictorModule, config: RunConfig, run_dir: Path, phas
     return L.Trainer(
         max_epochs=module.optim.max_epochs, callbacks=callbacks,
         logger=make_loggers(config, run_dir, phase) or False,
-        enable_progress_bar=not config.quiet, enable_model_summary=False,
+        enable_progress_bar=progress_bars(config), enable_model_summary=False,
         gradient_clip_val=None if manual else module.optim.grad_clip,
         accelerator=config.trainer.accelerator, devices=config.trainer.devices, strategy=config.trainer.strategy,
         num_nodes=config.trainer.num_nodes, precision=config.trainer.precision,
@@ -117,15 +122,3 @@ def inference_precision(trainer_precision: str | int) -> str:
     return "bf16" if text.startswith("bf16") else "fp16" if text.startswith("16") else "32"
 
 
-@contextlib.contextmanager
-def keep_earlier_logs(metrics_csv: Path, resuming: bool) -> Iterator[None]:
-    """CSVLogger starts its file afresh; on --resume, put back the rows logged before the checkpoint."""
-    earlier = pd.read_csv(metrics_csv) if resuming and metrics_csv.is_file() and metrics_csv.stat().st_size else None
-    try:
-        yield
-    finally:  # also when the resumed fit is interrupted again
-        if earlier is not None and "step" in earlier:
-            later = pd.read_csv(metrics_csv) if metrics_csv.is_file() and metrics_csv.stat().st_size else earlier[:0]
-            if len(later):  # rows past the checkpoint (an epoch cut short) were logged again after it
-                earlier = earlier[earlier["step"] < later["step"].min()]
-            write_csv_atomic(pd.concat([earlier, later], ignore_index=True), metrics_csv)
