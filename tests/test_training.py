@@ -286,9 +286,9 @@ def test_fit_evaluates_where_it_trained_and_at_the_training_precision(tmp_path, 
         seen.append(("to", str(args[0]) if args else str(kwargs)))
         return original_to(module, *args, **kwargs)
 
-    def record_predict(predictor, frame, batch_size=32, progress=False, precision="32"):
+    def record_predict(predictor, frame, batch_size=32, progress=False, precision="32", cache=None):
         seen.append(("predict", precision))
-        return original_predict(predictor, frame, batch_size, progress, precision)
+        return original_predict(predictor, frame, batch_size, progress, precision, cache)
 
     def record_teardown(strategy):
         seen.append(("teardown", ""))
