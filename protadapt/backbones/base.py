@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class BackboneError(RuntimeError):
@@ -67,6 +68,7 @@ class Backbone(nn.Module):
         self.pretrained = pretrained
         self.source = source
         self.prompt: nn.Module | None = None
+        self.checkpointing = False  # `trainer.checkpointing`: layers recomputed in backward (`run_layer`)
 
     @property
     def alphabet(self):
@@ -89,6 +91,13 @@ class Backbone(nn.Module):
     def prompt_init(self, residues: torch.Tensor) -> torch.Tensor:
         """Vectors as the first layer sees the given residue tokens: prompt tuning's initialisation."""
         raise NotImplementedError
+
+    def run_layer(self, layer, *inputs, **options):
+        """`layer(*inputs)`, checkpointed when `trainer.checkpointing` is on and gradients are recorded:
+        only the layer's input is kept, its activations are recomputed in backward."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(layer, *inputs, use_reentrant=False, **options)
+        return layer(*inputs, **options)
 
     def _prompt_vectors(self, like: torch.Tensor) -> torch.Tensor | None:
         return None if self.prompt is None else self.prompt().to(like.dtype)

@@ -66,7 +66,7 @@ class ESMBackbone(Backbone):
         x = x.transpose(0, 1)
         attention_padding = padding_mask if padding_mask.any() else None
         for layer in model.layers:
-            x = transformer_layer(layer, x, attention_padding)
+            x = self.run_layer(transformer_layer, layer, x, attention_padding)
         x = model.emb_layer_norm_after(x).transpose(0, 1)
         return drop_prompt(x, 0 if prompt is None else prompt.shape[0])
 

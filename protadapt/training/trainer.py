@@ -49,6 +49,7 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
                                  monitor=metric, mode=mode, save_top_k=1 if metric else 0, save_last=True)
     callbacks = [checkpoint] + ([EarlyStopping(monitor=metric, mode=mode, patience=config.optim.patience)]
                                 if metric else [])
+    prepare_backbone(module, config)
     trainer = make_trainer(module, config, run_dir, phase.name, callbacks)
     last = run_dir / "checkpoints" / phase.name / "last.ckpt"
     resuming = phase.resume and last.exists()
@@ -67,6 +68,15 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
         epoch = int(state["epoch"])
     module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU: evaluate where it trained
     return epoch
+
+
+def prepare_backbone(module: PredictorModule, config: RunConfig) -> None:
+    """`trainer.checkpointing` and `trainer.compile` on the module's backbone (compiled once, in place:
+    `nn.Module.compile` keeps the parameter names, so checkpoints and saved adapters are unchanged)."""
+    backbone = module.predictor.backbone
+    backbone.checkpointing = config.trainer.checkpointing
+    if config.trainer.compile and getattr(backbone, "_compiled_call_impl", None) is None:
+        backbone.compile()
 
 
 def make_trainer(module: PredictorModule, config: RunConfig, run_dir: Path, phase: str, callbacks: list) -> L.Trainer:
