@@ -87,3 +87,26 @@ def test_compiled_backbone_matches_eager_forward_and_one_training_step():
     assert abs(losses["eager"][0] - losses["compiled"][0]) <= 1e-5
     assert abs(losses["eager"][1] - losses["compiled"][1]) <= 1e-5
     assert abs(losses["eager"][1] - losses["eager"][0]) > 1e-4  # the step really moved the adapters
+
+
+def test_checkpointing_esmc_gives_the_same_loss_and_gradients():
+    pytest.importorskip("transformers")
+    from protadapt.backbones import build_random, esmc
+
+    torch.manual_seed(0)
+    architecture = esmc.esmc_architecture("esmc_tiny", esmc.esmc_config_dict(2, 32, 4, 96))
+    plain = ProteinPredictor(build_random(architecture).eval(), HeadConfig(), AdapterConfig(method="lora", rank=2))
+    for layer in linear_adapters(plain).values():
+        torch.nn.init.normal_(layer.up, 0, 0.1)
+    checkpointed = configured(copy.deepcopy(plain), checkpointing=True)
+    calls = []
+    checkpointed.backbone.model.layers[0].register_forward_pre_hook(lambda *args: calls.append(1))
+    tokenizer = plain.backbone.tokenizer
+    tokens = torch.full((3, 12), tokenizer.padding_idx)
+    for row, length in enumerate((10, 6, 3)):
+        tokens[row, :length] = torch.tensor([tokenizer.cls_idx, *tokenizer.encode("MKVLAAGIC"[:length - 2]),
+                                             tokenizer.eos_idx])
+    (loss, grads), (loss_ckpt, grads_ckpt) = loss_and_grads(plain, tokens), loss_and_grads(checkpointed, tokens)
+    assert len(calls) == 2 and abs(loss - loss_ckpt) <= 1e-6
+    for g, g_ckpt in zip(grads, grads_ckpt):
+        torch.testing.assert_close(g_ckpt, g, atol=1e-6, rtol=0)
