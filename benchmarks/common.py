@@ -27,7 +27,8 @@ import torch
 from protadapt.inference import pick_device
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "benchmarks" / "results"
+# PROTADAPT_RESULTS_DIR: write results elsewhere (tests of benchmarks/gpu.sh keep the committed ones intact)
+RESULTS_DIR = Path(os.environ.get("PROTADAPT_RESULTS_DIR") or REPO / "benchmarks" / "results")
 
 __all__ = ["REPO", "RESULTS_DIR", "cpu_model", "environment_line", "interleaved", "markdown_table", "mib", "peak_memory",
            "pick_device", "run_worker", "synchronize", "time_call"]

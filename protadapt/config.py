@@ -99,6 +99,8 @@ class TrainerConfig:
     deterministic: bool = True
     log_every_n_steps: int = 10
     logger: str = "csv"  # csv | tensorboard | csv,tensorboard | none (files under RUN_DIR/logs/)
+    compile: bool = False  # torch.compile the backbone (with adapters) before training; see README *Performance*
+    checkpointing: bool = False  # recompute each transformer layer in backward: less activation memory, ~1 more forward
 
 
 @dataclass

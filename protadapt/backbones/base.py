@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class BackboneError(RuntimeError):
@@ -68,6 +69,7 @@ class Backbone(nn.Module):
         self.source = source
         self.prompt: nn.Module | None = None
         self.output_layer: int | None = None  # stop after this many blocks (a probe's layer); None: the last
+        self.checkpointing = False  # `trainer.checkpointing`: layers recomputed in backward (`run_layer`)
 
     def hidden_states(self, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
         """Per-residue states after each requested block (0: embeddings; the last: the final output)."""
@@ -97,6 +99,13 @@ class Backbone(nn.Module):
     def prompt_init(self, residues: torch.Tensor) -> torch.Tensor:
         """Vectors as the first layer sees the given residue tokens: prompt tuning's initialisation."""
         raise NotImplementedError
+
+    def run_layer(self, layer, *inputs, **options):
+        """`layer(*inputs)`, checkpointed when `trainer.checkpointing` is on and gradients are recorded:
+        only the layer's input is kept, its activations are recomputed in backward."""
+        if self.checkpointing and torch.is_grad_enabled():
+            return checkpoint(layer, *inputs, use_reentrant=False, **options)
+        return layer(*inputs, **options)
 
     def _prompt_vectors(self, like: torch.Tensor) -> torch.Tensor | None:
         return None if self.prompt is None else self.prompt().to(like.dtype)

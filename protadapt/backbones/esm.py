@@ -73,7 +73,7 @@ class ESMBackbone(Backbone):
         x = x.transpose(0, 1)
         states = {0: x} if 0 in layers else {}
         for depth, layer in enumerate(model.layers[:max(layers)], start=1):
-            x = transformer_layer(layer, x, attention_padding)
+            x = self.run_layer(transformer_layer, layer, x, attention_padding)
             if depth in layers:
                 states[depth] = model.emb_layer_norm_after(x) if depth == last else x
         return {depth: drop_prompt(state.transpose(0, 1), num_prompts) for depth, state in states.items()}

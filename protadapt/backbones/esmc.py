@@ -61,7 +61,7 @@ class ESMCBackbone(HFBackbone):
         positions = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
         rotary = model.rotary_emb(x, positions)
         for layer in model.layers:
-            x = layer(x, mask, position_embeddings=rotary)
+            x = self.run_layer(layer, x, mask, position_embeddings=rotary)
         return model.norm(x)
 
     def prompt_init(self, residues: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
                       ModelCheckpoint(dirpath=folder, filename="best", monitor=metric, mode=mode, save_top_k=1,
                                       enable_version_counter=False)]
     callbacks.append(EpochCheckpoint(last))  # last: its checkpoint holds the others' states of this epoch
+    prepare_backbone(module, config)
     resuming = phase.resume and last.exists()
     trainer = make_trainer(module, config, run_dir, phase.name, callbacks)
     if resuming and finished(folder):  # this phase ended before the interruption: its last state, its RNG
@@ -72,6 +73,15 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
         epoch = int(state["epoch"])
     module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU: evaluate where it trained
     return epoch
+
+
+def prepare_backbone(module: PredictorModule, config: RunConfig) -> None:
+    """`trainer.checkpointing` and `trainer.compile` on the module's backbone (compiled once, in place:
+    `nn.Module.compile` keeps the parameter names, so checkpoints and saved adapters are unchanged)."""
+    backbone = module.predictor.backbone
+    backbone.checkpointing = config.trainer.checkpointing
+    if config.trainer.compile and getattr(backbone, "_compiled_call_impl", None) is None:
+        backbone.compile()
 
 
 def make_trainer(module: PredictorModule, config: RunConfig, run_dir: Path, phase: str, callbacks: list) -> L.Trainer:
