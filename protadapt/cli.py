@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from protadapt.embeddings.cli import add_embed_command
+
     parser = argparse.ArgumentParser(prog="protadapt", description="Adapt ESM protein language models to small prediction tasks.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -57,23 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_existing_options(cv, "continue an interrupted cv: finished folds are kept, the others resumed")
     cv.set_defaults(handler=_cv)
 
-    predict = commands.add_parser("predict", help="predict a FASTA/CSV file with a trained run, a cv output or an ensemble")
-    predict.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                         help="run directories or cv outputs (several: their mean and spread); the last argument is INPUT")
-    predict.add_argument("input", help="FASTA, CSV or TSV of sequences")
-    predict.add_argument("--alpha", type=float, help="conformal level of the sets/intervals (default: the run's, 0.1)")
-    predict.add_argument("-o", "--output", help="CSV to write (default: INPUT_STEM.predictions.csv here)")
-    predict.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
-    _add_inference_options(predict)
-    predict.add_argument("--quiet", action="store_true")
-    predict.set_defaults(handler=_predict)
-
-    evaluate = commands.add_parser("evaluate", help="metrics of a trained run on a labelled file")
-    evaluate.add_argument("run_dir")
-    evaluate.add_argument("input", help="labelled FASTA, CSV or TSV")
-    evaluate.add_argument("-o", "--output", help="also write the metrics as JSON here")
-    _add_inference_options(evaluate)
-    evaluate.set_defaults(handler=_evaluate)
+    _add_predict(commands)
 
     methods = commands.add_parser("methods", help="every method and its trainable-parameter count")
     methods.add_argument("--backbone", help="architecture to count for (default: the run default, esm2_t6_8M_UR50D)")
@@ -92,8 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(handler=_analyze)
     _add_serve(commands)
     _add_export(commands)
-    _add_embed(commands)
+    add_embed_command(commands)
     return parser
+
+
+def _add_predict(commands) -> None:
+    predict = commands.add_parser("predict", help="predict a FASTA/CSV file with a trained run, a cv output or an ensemble")
+    predict.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="run directories or cv outputs (several: their mean and spread); the last argument is INPUT")
+    predict.add_argument("input", help="FASTA, CSV or TSV of sequences")
+    predict.add_argument("--alpha", type=float, help="conformal level of the sets/intervals (default: the run's, 0.1)")
+    predict.add_argument("-o", "--output", help="CSV to write (default: INPUT_STEM.predictions.csv here)")
+    predict.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
+    _add_inference_options(predict)
+    predict.add_argument("--quiet", action="store_true")
+    predict.set_defaults(handler=_predict)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a trained run on a labelled file")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("input", help="labelled FASTA, CSV or TSV")
+    evaluate.add_argument("-o", "--output", help="also write the metrics as JSON here")
+    _add_inference_options(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
 
 
 def _add_data(commands) -> None:
@@ -254,46 +260,6 @@ def _export(args: argparse.Namespace) -> int:
 
     out = export_run(args.run_dir, args.out, args.format, overwrite=args.overwrite)
     print(f"wrote {args.format} export of {args.run_dir} to {out} (see {out}/README.md)")
-    return 0
-
-
-def _add_embed(commands) -> None:
-    embed = commands.add_parser("embed", help="pooled (and per-residue) embeddings of a FASTA/CSV file")
-    embed.add_argument("input", help="FASTA, CSV or TSV of sequences")
-    embed.add_argument("-o", "--output", required=True, help="file to write: .npz, .h5 (needs h5py) or .parquet (needs pyarrow)")
-    source = embed.add_mutually_exclusive_group(required=True)
-    source.add_argument("--backbone", help="fair-esm name, .pt file, HF directory, or tiny")
-    source.add_argument("--run", help="a run directory: embed with its trained adapters merged in")
-    embed.add_argument("--random-init", action="store_true", help="the backbone's architecture with random weights")
-    embed.add_argument("--layers", default="-1", help="comma-separated layers: 0 embeddings … N last, -1 the last")
-    embed.add_argument("--pooling", default="mean", help="mean, bos, or both as mean,bos")
-    embed.add_argument("--per-residue", action="store_true", help="also every residue's vector (.npz/.h5)")
-    embed.add_argument("--truncate", action="store_true", help="truncate over-long sequences instead of failing")
-    embed.add_argument("--batch-size", type=int, help="sequences per batch (default 32)")
-    embed.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1, …")
-    embed.set_defaults(handler=_embed)
-
-
-def _embed(args: argparse.Namespace) -> int:
-    from protadapt.adapters import merge_adapters
-    from protadapt.backbones import load_backbone
-    from protadapt.data.io import read_sequences
-    from protadapt.embeddings.command import embed_file
-    from protadapt.inference import pick_device
-    from protadapt.model import ProteinPredictor
-
-    if args.run:
-        predictor, _ = ProteinPredictor.load(args.run)
-        merge_adapters(predictor)
-        backbone = predictor.backbone
-    else:
-        backbone = load_backbone(args.backbone, random_init=args.random_init)
-    frame = read_sequences(args.input, require_labels=False, truncate=args.truncate, max_length=backbone.max_residues)
-    backbone.to(pick_device(args.device))
-    layers = [int(layer) for layer in args.layers.split(",")]
-    output = embed_file(backbone, frame, args.output, layers, args.pooling.split(","), args.per_residue,
-                        **_batch_size(args))
-    print(f"wrote embeddings of {len(frame)} sequences to {output}")
     return 0
 
 
