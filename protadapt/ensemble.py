@@ -18,6 +18,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from protadapt.evaluation.conformal import Conformal, calibrate
+from protadapt.rundir import check_complete
 
 FOLD_DIR = re.compile(r"^repeat(\d+)-fold(\d+)$")
 SHARED = ("task", "problem_type", "labels")  # adapter.json fields every member must agree on
@@ -65,6 +66,7 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
             continue
         folds = fold_dirs(path)
         if not folds:
+            check_complete(path)  # a damaged or unfinished run says so, and how to finish it
             raise EnsembleError(f"{path}: neither a run directory (adapter.safetensors) nor a cv output "
                                 "(repeat*-fold*/); give `protadapt fit` or `protadapt cv` output")
         runs.extend(folds)
