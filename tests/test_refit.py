@@ -66,7 +66,7 @@ def test_refit_trains_on_all_rows_for_the_epoch_count_early_stopping_chose(tmp_p
     best = int(fit_log.loc[fit_log["val_accuracy"].idxmax(), "epoch"])  # the first best epoch: max picks it
     refit = torch.load(run_dir / "checkpoints" / "refit" / "last.ckpt", map_location="cpu", weights_only=False)
     assert metrics["train_rows"] == result.metrics["train_rows"] == 198  # bbb's whole training split
-    assert metrics["refit_epochs"] == best + 1 and refit["epoch"] == best + 1  # epochs completed
+    assert metrics["refit_epochs"] == best + 1 and refit["epoch"] == best  # the last refit epoch's 0-based index
     assert refit["global_step"] == (best + 1) * 7  # ceil(198 / 32) steps per epoch: every row
     assert "inner validation split included" in metrics["val_note"]
 
