@@ -240,7 +240,8 @@ def _compare(args: argparse.Namespace) -> int:
     command = " ".join(["protadapt compare", *(f"{k} {v}" for k, v in options.items() if v is not None),
                         *(["--random-init"] if args.random_init else []), *args.overrides])
     report = comparison_markdown(table, reference=args.reference, command=command,
-                                 wall_time_s=time.perf_counter() - started)
+                                 wall_time_s=time.perf_counter() - started,
+                                 identity_below=base.uncertainty.min_identity)
     write_text_atomic(report, Path(args.out) / "comparison.md")
     print(report)
     return 0

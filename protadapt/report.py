@@ -30,13 +30,14 @@ TESTED_METRICS = {"classification": ("accuracy", "f1"), "regression": ("mse",)} 
 
 def comparison_markdown(table: pd.DataFrame, *, reference: str = "bidora", command: str = "",
                         machine: str | None = None, wall_time_s: float | None = None,
-                        notes: Sequence[str] = ()) -> str:
-    """The whole report for a comparison table (one row per run, as compare writes it)."""
+                        notes: Sequence[str] = (), identity_below: float | None = None) -> str:
+    """The whole report for a comparison table; `identity_below` adds each task's metric on its far test rows."""
     lines = ["# Methods × tasks comparison", ""]
     lines += _header(table, reference, command, machine or machine_description(), wall_time_s)
     lines += [f"- {note}" for note in notes]
     for task, runs in table.groupby("task", sort=False):
         lines += ["", *task_section(str(task), runs, reference)]
+        lines += identity_section(runs, identity_below) if identity_below is not None else []
     lines += across_tasks_section(table, reference)
     return "\n".join(lines) + "\n"
 
@@ -115,6 +116,33 @@ def test_set_section(runs: pd.DataFrame, reference: str) -> list[str]:
             "combined — the seed-level test above is the test of the method.", "",
             f"| method | seed | right only method / only {reference} | McNemar p | Δ AUROC | DeLong p |",
             "|---|---|---|---|---|---|", *rows]
+
+
+def identity_section(runs: pd.DataFrame, threshold: float) -> list[str]:
+    """Per method, the headline metric on the test rows whose nearest training identity is below `threshold`."""
+    from protadapt.data.identity import metrics_below_identity
+
+    problem_type = "classification" if "accuracy" in runs.columns and runs["accuracy"].notna().any() else "regression"
+    metric = TESTED_METRICS[problem_type][0]
+    rows, counts = [], set()
+    for method, method_runs in runs[runs["fold"].isna()].groupby("method", sort=False):
+        values = []
+        for path in method_runs["predictions"].dropna():
+            predictions = pd.read_csv(path)
+            if "nearest_train_identity" not in predictions or "label" not in predictions:
+                continue
+            below = metrics_below_identity(predictions, threshold, problem_type)
+            counts.add(below["n"])
+            values.append(below.get(metric, float("nan")))
+        if values:
+            rows.append(f"| {method} | {mean_sd(pd.Series(values, dtype=float), _digits(metric))} | {len(values)} |")
+    if not rows:
+        return []
+    n = ", ".join(str(c) for c in sorted(counts))
+    return ["", f"Test rows whose nearest training sequence is below {threshold:g} identity ({n} of "
+            f"{_range(sorted(int(v) for v in runs['n_test'].unique()))} rows; blank identities, below the "
+            "reporting floor, count as below): the same metric on them alone.", "",
+            f"| method | {metric} below {threshold:g} identity | runs |", "|---|---|---|", *rows]
 
 
 def across_tasks_section(table: pd.DataFrame, reference: str) -> list[str]:

@@ -181,3 +181,24 @@ def test_cv_cells_use_folds_of_the_training_split(tmp_path, tiny_base, monkeypat
     assert sum(n_test for path, _, n_test, _ in seen if path.parents[1].name == "lora") \
         == table["n_train"].iloc[0] + table["n_test"].iloc[0]
     assert list(table["fold"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2] and np.all(table["n_test"] < 100)
+
+
+def test_report_gives_the_metric_on_test_rows_far_from_training(tmp_path):
+    """Rows 0-3 are below 0.5 identity (one NaN: below the floor); lora gets 3 of those 4 right, bidora 1."""
+    table = small_table()
+    table = table[table["seed"] < 2].copy()
+    identity = [0.2, 0.45, float("nan"), 0.3, 0.9, 0.8, 0.5, 0.7]
+    labels = [1, 1, 0, 0, 1, 0, 1, 0]
+    predicted = {"lora": [1, 1, 0, 1, 1, 0, 1, 0], "bidora": [0, 0, 0, 1, 1, 0, 1, 0]}
+    paths = []
+    for row in table.itertuples():
+        path = tmp_path / f"{row.method}{row.seed}.csv"
+        pd.DataFrame({"id": range(8), "prediction": predicted[row.method],
+                      "prob_0": [1.0 - p for p in predicted[row.method]], "prob_1": predicted[row.method],
+                      "label": labels, "nearest_train_identity": identity}).to_csv(path, index=False)
+        paths.append(str(path))
+    table["predictions"] = paths
+    text = comparison_markdown(table, reference="bidora", machine="box", identity_below=0.5)
+    assert "below 0.5 identity (4 of 38 rows" in text
+    assert "| lora | 0.750 ± 0.000 | 2 |" in text and "| bidora | 0.250 ± 0.000 | 2 |" in text
+    assert "below 0.5 identity" not in comparison_markdown(table, reference="bidora", machine="box")
