@@ -22,6 +22,7 @@ from benchmarks.common import RESULTS_DIR, environment_line, interleaved, markdo
 
 from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters
 from protadapt.adapters.dora import NORM_DIM
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import load_backbone
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
@@ -39,8 +40,7 @@ def use_materialised(predictor: ProteinPredictor) -> None:
 
 def norm_only(width: int, rank: int, device: torch.device, repeats: int) -> dict[str, float]:
     layer = DoRALinear(torch.nn.Linear(width, width), AdapterConfig(method="dora", rank=rank)).to(device)
-    with torch.no_grad():
-        layer.up.normal_(0, 0.02)
+    perturb_as_if_trained(layer, std=0.02)
 
     def run(norm_fn):
         def call():

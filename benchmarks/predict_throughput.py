@@ -22,7 +22,8 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, environment_line, interleaved, markdown_table, pick_device
 
-from protadapt.adapters import AdapterConfig, linear_adapters
+from protadapt.adapters import AdapterConfig
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import load_backbone
 from protadapt.data.datamodule import ProteinDataset, make_loader
 from protadapt.heads import HeadConfig
@@ -44,10 +45,7 @@ def trained_like(method: str, device: torch.device) -> ProteinPredictor:
     """A predictor whose adapters are off their init point, as after training."""
     torch.manual_seed(0)
     predictor = ProteinPredictor(load_backbone(ARCH, random_init=True), HeadConfig(), AdapterConfig(method=method))
-    with torch.no_grad():
-        for layer in linear_adapters(predictor).values():
-            layer.up.normal_(0, 0.02)
-    return predictor.to(device)
+    return perturb_as_if_trained(predictor, std=0.02).to(device)
 
 
 def token_batches(frame: pd.DataFrame, alphabet, batch_size: int, order: str, device) -> list[torch.Tensor]:
