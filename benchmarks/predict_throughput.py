@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import RESULTS_DIR, environment_line, interleaved, markdown_table, pick_device
+from benchmarks.common import environment_line, interleaved, markdown_table, pick_device, write_result
 
 from protadapt.adapters import AdapterConfig
 from protadapt.adapters.perturb import perturb_as_if_trained
@@ -115,10 +115,7 @@ Command: `{command}` (median of {options.repeats} interleaved rounds after a war
 
 {markdown_table(["path", "sequences/s", "vs bare, bucketed, fp32 (goal ≥ 0.9)"], rows)}
 {NOTE}"""
-    suffix = ("" if options.task == "peptides" else f"_{options.task}") + ("" if device.type == "cpu" else f"_{device.type}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"predict_throughput{suffix}.md").write_text(text)
-    print(text)
+    write_result(text, "predict_throughput" + ("" if options.task == "peptides" else f"_{options.task}"), device)
 
 
 NOTE = """

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (RESULTS_DIR, environment_line, interleaved, markdown_table, mib,
-                    peak_memory, pick_device, run_worker)
+from benchmarks.common import (environment_line, interleaved, markdown_table, mib, peak_memory, pick_device,
+                    run_worker, write_result)
 
 from protadapt.adapters import AdapterConfig, linear_adapters
 from protadapt.adapters.perturb import perturb_as_if_trained
@@ -297,10 +297,7 @@ faster or leaner; goal ≤ 1.0). Range of the ratios over all cells: {summary or
 Equality check (max |Δ final hidden state| with random DoRA values copied into PEFT):
 {", ".join(f"{a}: {v:.1e}" for a, v in checks.items())}.
 {EXPLANATION}"""
-    out = options.out or RESULTS_DIR / ("vs_peft.md" if device.type == "cpu" else f"vs_peft_{device.type}.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_result(text, "vs_peft", device, options.out)
 
 
 EXPLANATION = """
