@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from benchmarks.common import RESULTS_DIR, cpu_model, markdown_table, mib, peak_memory, run_worker
 
-from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters
+from protadapt.adapters import AdapterConfig, DoRALinear, merge_adapters
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import Backbone, load_backbone
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
@@ -88,19 +89,9 @@ def make_tokens(backbone: Backbone, seed: int = 0) -> torch.Tensor:
     return tokens
 
 
-@torch.no_grad()
-def perturb(root: torch.nn.Module, seed: int = 1) -> None:
-    """Stand-in for training: non-zero B and moved magnitudes, so merged ≠ base weights."""
-    generator = torch.Generator().manual_seed(seed)
-    for layer in linear_adapters(root).values():
-        layer.up.add_(0.02 * torch.randn(layer.up.shape, generator=generator))
-        if isinstance(layer, DoRALinear):
-            layer.magnitude.mul_(1 + 0.05 * torch.randn(layer.magnitude.shape, generator=generator))
-
-
 def adapted(base: Backbone, config: AdapterConfig) -> ProteinPredictor:
     predictor = ProteinPredictor(copy.deepcopy(base), HeadConfig(num_classes=2, dropout=0.0), config)
-    perturb(predictor)
+    perturb_as_if_trained(predictor, std=0.02, seed=1)  # non-zero B and moved magnitudes: merged ≠ base weights
     return predictor
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import train_step
-from benchmarks.common import RESULTS_DIR, cpu_model, environment_line, markdown_table, mib, peak_memory, run_worker
+from benchmarks.common import cpu_model, environment_line, markdown_table, mib, peak_memory, run_worker, write_result
 from protadapt.adapters import AdapterConfig
 from protadapt.backbones import load_backbone
 from protadapt.heads import HeadConfig
@@ -99,10 +99,7 @@ OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}. Load average {load_bef
 Peak extra memory is the rise during one steady-state step (weights excluded; on the CPU it includes
 allocator slack). Checkpointing keeps each layer's input only and recomputes the layer in backward.
 """
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    name = "checkpointing.md" if device.type == "cpu" else f"checkpointing_{device.type}.md"
-    (RESULTS_DIR / name).write_text(text)
-    print(text)
+    write_result(text, "checkpointing", device)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(os.environ.get("PROTADAPT_RESULTS_DIR") or REPO / "benchmarks" / "results")
 
 __all__ = ["REPO", "RESULTS_DIR", "cpu_model", "environment_line", "interleaved", "markdown_table", "mib", "peak_memory",
-           "pick_device", "run_worker", "synchronize", "time_call"]
+           "pick_device", "run_worker", "synchronize", "time_call", "write_result"]
+
+
+def write_result(text: str, stem: str, device: torch.device, out: Path | None = None) -> Path:
+    """Write and print a benchmark's report: `out`, else `<stem>.md` (CPU) or `<stem>_<device>.md` in RESULTS_DIR."""
+    path = out or RESULTS_DIR / (f"{stem}.md" if device.type == "cpu" else f"{stem}_{device.type}.md")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)
+    return path
 
 
 def synchronize(device: torch.device) -> None:

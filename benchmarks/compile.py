@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import train_step
-from benchmarks.common import RESULTS_DIR, cpu_model, environment_line, markdown_table
+from benchmarks.common import cpu_model, environment_line, markdown_table, write_result
 from protadapt.adapters import AdapterConfig
 from protadapt.backbones import load_backbone
 from protadapt.heads import HeadConfig
@@ -111,10 +111,7 @@ batches of varying shapes, evaluation in eval mode: each new shape or mode can r
 
 {fit_text}
 """
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    name = "compile.md" if device.type == "cpu" else f"compile_{device.type}.md"
-    (RESULTS_DIR / name).write_text(text)
-    print(text)
+    write_result(text, "compile", device)
 
 
 if __name__ == "__main__":

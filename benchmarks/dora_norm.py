@@ -18,10 +18,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS_DIR, environment_line, interleaved, markdown_table, mib, peak_memory, pick_device, run_worker
+from benchmarks.common import environment_line, interleaved, markdown_table, mib, peak_memory, pick_device, run_worker, write_result
 
 from protadapt.adapters import AdapterConfig, DoRALinear, linear_adapters, merge_adapters
 from protadapt.adapters.dora import NORM_DIM
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import load_backbone
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
@@ -39,8 +40,7 @@ def use_materialised(predictor: ProteinPredictor) -> None:
 
 def norm_only(width: int, rank: int, device: torch.device, repeats: int) -> dict[str, float]:
     layer = DoRALinear(torch.nn.Linear(width, width), AdapterConfig(method="dora", rank=rank)).to(device)
-    with torch.no_grad():
-        layer.up.normal_(0, 0.02)
+    perturb_as_if_trained(layer, std=0.02)
 
     def run(norm_fn):
         def call():
@@ -144,10 +144,7 @@ def main() -> None:
     out.append(markdown_table(["eval path", "ms", "vs bare"],
                               [[k, f"{v * 1e3:.1f}", f"{v / base:.2f}"] for k, v in times.items()]))
     out += ["", EVAL_NOTE]
-    name = "dora_norm.md" if device.type == "cpu" else f"dora_norm_{device.type}.md"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / name).write_text("\n".join(out))
-    print("\n".join(out))
+    write_result("\n".join(out), "dora_norm", device)
 
 
 EVAL_NOTE = """Merged and bare do identical arithmetic, so their gap is this run's noise level. Decision:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from benchmarks import train_step
-from benchmarks.common import RESULTS_DIR, cpu_model, environment_line, markdown_table
+from benchmarks.common import cpu_model, environment_line, markdown_table, write_result
 from protadapt.adapters import AdapterConfig
 from protadapt.backbones import load_backbone
 from protadapt.config import OptimConfig
@@ -143,10 +143,7 @@ The limit row is the whole Lightning step with a frozen backbone (forward, loss,
 activation gradients only, AdamW on the head and one scalar); the other rows are the same step
 with the method's adapters, so each ratio is what the adapter adds to the pass itself.
 """
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    name = "limit.md" if device.type == "cpu" else f"limit_{device.type}.md"
-    (RESULTS_DIR / name).write_text(text)
-    print(text)
+    write_result(text, "limit", device)
 
 
 if __name__ == "__main__":

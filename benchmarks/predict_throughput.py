@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.common import RESULTS_DIR, environment_line, interleaved, markdown_table, pick_device
+from benchmarks.common import environment_line, interleaved, markdown_table, pick_device, write_result
 
-from protadapt.adapters import AdapterConfig, linear_adapters
+from protadapt.adapters import AdapterConfig
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import load_backbone
 from protadapt.data.datamodule import ProteinDataset, make_loader
 from protadapt.heads import HeadConfig
@@ -44,10 +45,7 @@ def trained_like(method: str, device: torch.device) -> ProteinPredictor:
     """A predictor whose adapters are off their init point, as after training."""
     torch.manual_seed(0)
     predictor = ProteinPredictor(load_backbone(ARCH, random_init=True), HeadConfig(), AdapterConfig(method=method))
-    with torch.no_grad():
-        for layer in linear_adapters(predictor).values():
-            layer.up.normal_(0, 0.02)
-    return predictor.to(device)
+    return perturb_as_if_trained(predictor, std=0.02).to(device)
 
 
 def token_batches(frame: pd.DataFrame, alphabet, batch_size: int, order: str, device) -> list[torch.Tensor]:
@@ -117,10 +115,7 @@ Command: `{command}` (median of {options.repeats} interleaved rounds after a war
 
 {markdown_table(["path", "sequences/s", "vs bare, bucketed, fp32 (goal ≥ 0.9)"], rows)}
 {NOTE}"""
-    suffix = ("" if options.task == "peptides" else f"_{options.task}") + ("" if device.type == "cpu" else f"_{device.type}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"predict_throughput{suffix}.md").write_text(text)
-    print(text)
+    write_result(text, "predict_throughput" + ("" if options.task == "peptides" else f"_{options.task}"), device)
 
 
 NOTE = """

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, cpu_model, environment_line, markdown_table, pick_device
+from benchmarks.common import cpu_model, environment_line, markdown_table, pick_device, write_result
 from protadapt.config import load_config
 from protadapt.training.cv import Folds, cross_validate
 
@@ -61,10 +61,9 @@ def cv_seconds(method: str, task: str, accelerator: str, cache: str, out: str) -
 
 
 def write_results(rows: list, device: torch.device, load_before: float, load_after: float) -> None:
-    suffix = "_cuda" if device.type == "cuda" else ""
     text = "\n".join([
         "# Frozen-embedding probe: cv with a cold and a warm embedding cache (ESM-2 8M architecture, random init)", "",
-        "Command: `python -m benchmarks.probe`" + (" --device cuda" if suffix else "") + ".", "",
+        "Command: `python -m benchmarks.probe`" + ("" if device.type == "cpu" else f" --device {device.type}") + ".", "",
         f"Machine: {cpu_model()}; {environment_line(device)}. Load average {load_before:.1f} before, "
         f"{load_after:.1f} after (2 cores; other jobs shared the machine when the load exceeds 2).", "",
         "Each row is one `cross_validate(..., Folds(5))` in-process after a warm-up (imports not counted), "
@@ -72,8 +71,7 @@ def write_results(rows: list, device: torch.device, load_before: float, load_aft
         "Accuracy is the mean over folds — random weights, so it says nothing about pretrained models.", "",
         markdown_table(["task", "run", "wall s", "mean fold accuracy", "note"], rows), "",
         "Goal (issue #17): warm-cache probe cv on bbb under 5 s here.", ""])
-    (RESULTS_DIR / f"probe{suffix}.md").write_text(text)
-    print(text)
+    write_result(text, "probe", device)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import (RESULTS_DIR, environment_line, interleaved, markdown_table, mib,
-                    peak_memory, pick_device, run_worker)
+from benchmarks.common import (environment_line, interleaved, markdown_table, mib, peak_memory, pick_device,
+                    run_worker, write_result)
 
 from protadapt.adapters import AdapterConfig, linear_adapters
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import ARCHITECTURES, HF_DERIVED, build_random, esmc, hf_to_fair_esm_key, load_backbone
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
@@ -149,12 +150,10 @@ def peft_layers(peft_model) -> dict[str, torch.nn.Module]:
 def check_same_function(arch: str, device: torch.device) -> float:
     """Largest |difference| of final hidden states, DoRA with random adapter values copied across."""
     ours, theirs = build_pair(arch, "DoRA (exact grad)", device)
-    torch.manual_seed(1)
+    perturb_as_if_trained(ours.backbone.model, seed=1)
     layers = peft_layers(theirs)
     with torch.no_grad():
         for name, layer in linear_adapters(ours.backbone.model).items():
-            layer.up.normal_(0, 0.05)
-            layer.magnitude.mul_(1 + 0.1 * torch.randn_like(layer.magnitude))
             peft_layer = layers[name]
             peft_layer.lora_A["default"].weight.copy_(layer.down)
             peft_layer.lora_B["default"].weight.copy_(layer.up)
@@ -298,10 +297,7 @@ faster or leaner; goal ≤ 1.0). Range of the ratios over all cells: {summary or
 Equality check (max |Δ final hidden state| with random DoRA values copied into PEFT):
 {", ".join(f"{a}: {v:.1e}" for a, v in checks.items())}.
 {EXPLANATION}"""
-    out = options.out or RESULTS_DIR / ("vs_peft.md" if device.type == "cpu" else f"vs_peft_{device.type}.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    write_result(text, "vs_peft", device, options.out)
 
 
 EXPLANATION = """

@@ -14,7 +14,6 @@ and 0.9 for longer proteins; there a blank `in_domain` means "below the floor, n
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from protadapt.data.identity import TOLERANCE, metrics_below_identity, nearest_train_identity
-from protadapt.files import write_json_atomic
+from protadapt.files import read_json, write_json_atomic
 
 TRAINING_FILE = "training_sequences.json"
 FORMAT = 1
@@ -85,10 +84,8 @@ def metrics_out_of_domain(table: pd.DataFrame, min_identity: float | None, probl
 
 
 def _read(path: Path) -> dict:
-    try:
-        state = json.loads(path.read_text())
-        if state.get("format") != FORMAT or not isinstance(state["sequences"], list):
-            raise KeyError("format")
-        return state
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-        raise DomainError(f"{path}: unreadable ({error.__class__.__name__}); refit the run or delete the file") from None
+    advice = "refit the run or delete the file"
+    state = read_json(path, DomainError, advice)
+    if state.get("format") != FORMAT or not isinstance(state.get("sequences"), list):
+        raise DomainError(f"{path}: unreadable (not training sequences of format {FORMAT}); {advice}")
+    return state

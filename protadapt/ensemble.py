@@ -7,7 +7,6 @@ training/run.py `cross_validate`), each with `adapter.safetensors` + `adapter.js
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from protadapt.evaluation.conformal import Conformal, calibrate
+from protadapt.files import read_json
 from protadapt.rundir import check_complete
 
 FOLD_DIR = re.compile(r"^repeat(\d+)-fold(\d+)$")
@@ -147,10 +147,6 @@ def member_scores(conformal: Conformal, scores_by_run: dict[str, np.ndarray]) ->
 
 
 def _shared_metadata(run: Path) -> dict:
-    path = run / "adapter.json"
-    try:
-        metadata = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise EnsembleError(f"{path}: unreadable ({error.__class__.__name__}); is {run} a protadapt run?") from None
+    metadata = read_json(run / "adapter.json", EnsembleError, f"is {run} a protadapt run? refit it if it is")
     backbone = metadata.get("backbone", {})
     return {field: metadata.get(field) for field in SHARED} | {"backbone": backbone.get("name")}

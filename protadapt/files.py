@@ -1,5 +1,5 @@
 """Files on disk: written all-or-nothing (a temporary file renamed into place), so a killed run leaves
-no half file; safetensors read with a one-line error."""
+no half file; safetensors and JSON read with a one-line error."""
 
 from __future__ import annotations
 
@@ -22,8 +22,30 @@ def read_safetensors(path: Path, error: type[Exception]) -> dict:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as problem:
-        first = (str(problem).strip().splitlines() or [""])[0]
-        raise error(f"{path}: not a readable safetensors file ({type(problem).__name__}: {first})") from None
+        raise error(f"{path}: not a readable safetensors file ({one_line(problem)})") from None
+
+
+def read_json(path: Path, error: type[Exception], advice: str) -> dict:
+    """The JSON object in `path`; missing, unreadable or not a JSON object is one line of `error` ending in `advice`."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: missing; {advice}")
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as problem:
+        raise error(f"{path}: unreadable (not valid JSON: {problem.msg} at line {problem.lineno} "
+                    f"column {problem.colno}); {advice}") from None
+    except (OSError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: unreadable ({one_line(problem)}); {advice}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: unreadable (a JSON {type(value).__name__}, not an object); {advice}")
+    return value
+
+
+def one_line(problem: BaseException) -> str:
+    """`Type: first line of the message`: library errors can span many lines; ours are one."""
+    text = str(problem).strip().splitlines()
+    return f"{type(problem).__name__}: {text[0]}" if text else type(problem).__name__
 
 
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> Path:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from protadapt.files import read_json
 
 LOCK = ".lock"
 MARKER = "complete.json"
@@ -118,11 +119,11 @@ def check_complete(run_dir: Path) -> None:
     if not marker.is_file():
         raise RunDirError(f"{run_dir}: incomplete run (no {MARKER}); finish it with `protadapt fit ... "
                           f"--out {run_dir} --resume`, or refit")
+    manifest = read_json(marker, RunDirError, "refit the run (or --resume it)")
     try:
-        manifest = json.loads(marker.read_text())
         files = dict(manifest["files"])
-    except (ValueError, KeyError, TypeError, OSError):
-        raise RunDirError(f"{marker}: unreadable completion marker; refit the run (or --resume it)") from None
+    except (ValueError, KeyError, TypeError):
+        raise RunDirError(f"{marker}: unreadable completion marker (no file list); refit the run (or --resume it)") from None
     if manifest.get("format") != MARKER_FORMAT:
         raise RunDirError(f"{marker}: made by another protadapt version (format {manifest.get('format')}); refit")
     for name, digest in files.items():

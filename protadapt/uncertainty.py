@@ -25,6 +25,7 @@ from protadapt.ensemble import average_scores, member_scores
 from protadapt.evaluation.calibration import (apply_temperature, expected_calibration_error, fit_temperature,
                                               logits_from_probabilities)
 from protadapt.evaluation.conformal import Conformal, ConformalError, calibrate, prediction_columns
+from protadapt.files import read_json
 from protadapt.inference import predict_scores, prediction_frame
 from protadapt.model import ProteinPredictor
 
@@ -50,10 +51,11 @@ def scaled_scores(run_dir: str | Path, scores: ArrayLike) -> np.ndarray:
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         return scores
+    advice = "refit the run or delete the file"
     try:
-        temperature = float(json.loads(path.read_text())["temperature"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
-        raise ConformalError(f"{path}: unreadable ({error.__class__.__name__}); refit the run or delete the file") from None
+        temperature = float(read_json(path, ConformalError, advice)["temperature"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ConformalError(f"{path}: unreadable (no temperature: {error.__class__.__name__}); {advice}") from None
     return apply_temperature(logits_from_probabilities(scores), temperature)
 
 

@@ -26,6 +26,7 @@ from protadapt.adapters import (
     unmerge_adapters,
 )
 from protadapt.adapters.base import LinearAdapter
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import ARCHITECTURES, Architecture, Backbone, build_random
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
@@ -48,17 +49,6 @@ def adapted(pristine, size: str, config: AdapterConfig) -> tuple[Backbone, Backb
     backbone = copy.deepcopy(pristine[size])
     apply_method(backbone, config)
     return bare, backbone
-
-
-@torch.no_grad()
-def perturb(root: nn.Module, seed: int = 0, std: float = 0.05) -> None:
-    """Random 'training': normal noise into A (down), B (up) and, for DoRA, the magnitudes."""
-    generator = torch.Generator().manual_seed(seed)
-    for layer in linear_adapters(root).values():
-        layer.down.add_(std * torch.randn(layer.down.shape, generator=generator))
-        layer.up.add_(std * torch.randn(layer.up.shape, generator=generator))
-        if isinstance(layer, DoRALinear):
-            layer.magnitude.mul_(1 + 0.2 * torch.randn(layer.magnitude.shape, generator=generator))
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -95,7 +85,7 @@ def test_output_equals_bare_backbone_at_init(method, size, pristine, tokens):
 def test_layers_follow_the_spec_formula_and_merge_round_trips(method, size, pristine, tokens):
     config = AdapterConfig(method=method, rank=4, alpha=8.0, include_ffn=True)
     _, backbone = adapted(pristine, size, config)
-    perturb(backbone)
+    perturb_as_if_trained(backbone)
     layers = linear_adapters(backbone)
     assert len(layers) == 6 * backbone.architecture.num_layers
     originals = {path: layer.base_layer.weight.detach().clone() for path, layer in layers.items()}
@@ -131,7 +121,7 @@ def test_detach_norm_keeps_the_forward_and_treats_the_norm_as_constant_in_backwa
     base = nn.Linear(24, 16)
     config = AdapterConfig(method=method, rank=4, alpha=8.0)
     exact = DoRALinear(copy.deepcopy(base), config)
-    perturb(exact)
+    perturb_as_if_trained(exact)
     cheap = DoRALinear(copy.deepcopy(base), AdapterConfig(method=method, rank=4, alpha=8.0, detach_norm=True))
     cheap.load_state_dict(exact.state_dict())
     x = torch.randn(3, 24)
@@ -262,7 +252,7 @@ def test_esm1b_fused_attention_is_disabled_so_adapters_take_effect(tokens):
     with torch.no_grad():
         expected = bare(tokens)
         assert max_diff(backbone(tokens), expected) <= 1e-5  # identity, via the unfused attention code
-        perturb(backbone)
+        perturb_as_if_trained(backbone)
         changed = backbone(tokens)
         assert max_diff(changed, expected) > 1e-2
         # The same update written into a bare copy's weights (fused path still on) gives the same output.
@@ -307,10 +297,7 @@ def test_gradients_reach_only_adapters_and_head_and_base_weights_stay_bit_identi
 def trained_predictor(method: str, rank: int = 8, seed: int = 0, architecture=ARCHITECTURES["tiny"]) -> ProteinPredictor:
     predictor = ProteinPredictor(build_random(architecture, seed=seed), HeadConfig(num_classes=3, hidden_dim=8),
                                  AdapterConfig(method=method, rank=rank, alpha=16.0, include_ffn=True))
-    perturb(predictor, seed=seed + 1)
-    with torch.no_grad():
-        for p in predictor.head.parameters():
-            p.add_(0.1 * torch.randn(p.shape))
+    perturb_as_if_trained(predictor, seed=seed + 1)  # adapters and head
     return predictor.eval()
 
 

@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from protadapt.adapters import AdapterConfig, DoRALinear
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import load_backbone
 from protadapt.config import HYPERGRADIENTS, BilevelConfig, DataConfig, OptimConfig
 from protadapt.data.datamodule import ProteinDataModule
@@ -27,9 +28,7 @@ def _predictor(dtype=torch.float64) -> ProteinPredictor:
     torch.manual_seed(0)
     predictor = ProteinPredictor(load_backbone("tiny"), HeadConfig(dropout=0.0), AdapterConfig(method="bidora", rank=4))
     predictor = predictor.to(dtype).eval()
-    with torch.no_grad():  # move off the init point so every term of the hypergradient is non-zero
-        for parameter in predictor.direction_parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
+    perturb_as_if_trained(predictor)  # off the init point, so every term of the hypergradient is non-zero
     return predictor
 
 
@@ -239,8 +238,7 @@ def test_orthogonality_penalty_is_the_unit_row_gram_distance_from_identity(in_fe
     """R = ‖D̂D̂ᵀ − I‖_F over unit rows of V = W0 + sBA, value and gradient, for square, wide and tall layers."""
     torch.manual_seed(0)
     layer = DoRALinear(nn.Linear(in_features, out_features), AdapterConfig(method="dora", rank=4)).double()
-    with torch.no_grad():
-        layer.up.normal_(0, 0.3)
+    perturb_as_if_trained(layer, std=0.3)
 
     def explicit() -> torch.Tensor:
         direction = layer.base_layer.weight + layer.scaling * layer.up @ layer.down

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protadapt.adapters import AdapterConfig, linear_adapters
+from protadapt.adapters import AdapterConfig
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import load_backbone
 from protadapt.config import OptimConfig, RunConfig
 from protadapt.heads import HeadConfig
@@ -22,9 +23,7 @@ LABELS = torch.tensor([0, 1, 1])
 def predictor(method: str = "dora") -> ProteinPredictor:
     torch.manual_seed(0)
     model = ProteinPredictor(load_backbone("tiny"), HeadConfig(), AdapterConfig(method=method, rank=4))
-    with torch.no_grad():
-        for layer in linear_adapters(model).values():
-            layer.up.normal_(0, 0.1)  # adapters that change the output, so their gradients are not trivial
+    perturb_as_if_trained(model, std=0.1)  # adapters that change the output, so their gradients are not trivial
     return model
 
 
@@ -96,8 +95,7 @@ def test_checkpointing_esmc_gives_the_same_loss_and_gradients():
     torch.manual_seed(0)
     architecture = esmc.esmc_architecture("esmc_tiny", esmc.esmc_config_dict(2, 32, 4, 96))
     plain = ProteinPredictor(build_random(architecture).eval(), HeadConfig(), AdapterConfig(method="lora", rank=2))
-    for layer in linear_adapters(plain).values():
-        torch.nn.init.normal_(layer.up, 0, 0.1)
+    perturb_as_if_trained(plain, std=0.1)
     checkpointed = configured(copy.deepcopy(plain), checkpointing=True)
     calls = []
     checkpointed.backbone.model.layers[0].register_forward_pre_hook(lambda *args: calls.append(1))

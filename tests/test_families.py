@@ -20,6 +20,7 @@ from protadapt.adapters import (
     unmerge_adapters,
 )
 from protadapt.backbones import Backbone, BackboneError, bert, build_random, esmc, load_backbone
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
 
@@ -55,12 +56,7 @@ def batch(backbone: Backbone) -> torch.Tensor:
 def perturbed(backbone: Backbone, method: str, include_ffn: bool = True) -> Backbone:
     backbone = copy.deepcopy(backbone)
     apply_method(backbone, AdapterConfig(method=method, rank=4, include_ffn=include_ffn))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in backbone.named_parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
-    return backbone.eval()
+    return perturb_as_if_trained(backbone).eval()
 
 
 @pytest.mark.parametrize("family", TINY)
@@ -134,7 +130,7 @@ def test_prompt_output_is_aligned_and_padding_free(family, pristine):
     assert hidden.shape == (3, 11, 64)
     assert (hidden[2, :5] - alone[0]).abs().max() <= 1e-5
     with torch.no_grad():
-        backbone.prompt.vectors.add_(torch.randn_like(backbone.prompt.vectors))  # a constant shift LayerNorm would remove
+        perturb_as_if_trained(backbone, std=1.0)  # the prompt vectors, at random: a constant shift LayerNorm would remove
         assert (backbone(tokens) - hidden).abs().max() > 1e-3
 
 
@@ -154,10 +150,7 @@ def test_save_and_load_with_the_head(family, method, pristine, tmp_path):
     torch.manual_seed(0)
     predictor = ProteinPredictor(build_random(TINY[family]), HeadConfig(num_classes=3, dropout=0.0),
                                  AdapterConfig(method=method, rank=4, num_prompts=3)).eval()
-    with torch.no_grad():
-        for parameter in predictor.parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn_like(parameter))
+    perturb_as_if_trained(predictor)
     tokens = batch(predictor.backbone)
     predictor.save(tmp_path)
     loaded, metadata = ProteinPredictor.load(tmp_path)  # rebuilt from the saved architecture record

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from protadapt.adapters import AdapterConfig, linear_adapters
+from protadapt.adapters import AdapterConfig
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import load_backbone
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
@@ -17,9 +18,7 @@ from protadapt.inference import predict_scores
 def test_predict_precision_autocasts_and_returns_float32(precision, tolerance):
     torch.manual_seed(0)
     predictor = ProteinPredictor(load_backbone("tiny"), HeadConfig(), AdapterConfig(method="dora", rank=4))
-    with torch.no_grad():
-        for layer in linear_adapters(predictor).values():
-            layer.up.normal_(0, 0.1)
+    perturb_as_if_trained(predictor, std=0.1)
     frame = pd.DataFrame({"id": ["a", "b", "c"], "sequence": ["MKV", "ACDEFGHIK", "LLLL"]})
     full = predict_scores(predictor, frame, batch_size=2)
     low = predict_scores(predictor, frame, batch_size=2, precision=precision)
@@ -37,8 +36,7 @@ def test_dora_low_rank_norm_equals_the_materialised_norm():
     from protadapt.adapters import DoRALinear
 
     dora = DoRALinear(layer, AdapterConfig(method="dora", rank=3))
-    with torch.no_grad():
-        dora.up.normal_(0, 0.3)
+    perturb_as_if_trained(dora, std=0.3)
     materialised = (layer.weight + dora.delta_weight()).norm(dim=1)
     torch.testing.assert_close(dora.direction_norm(), materialised, rtol=1e-10, atol=1e-12)
 

@@ -11,6 +11,7 @@ import torch
 
 from protadapt.adapters import AdapterConfig, AdapterError, apply_method, count_trainable, expected_trainable
 from protadapt.adapters.prompt import AMINO_ACIDS, PromptEmbedding
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.backbones import Architecture, build_random, load_backbone
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
@@ -59,7 +60,7 @@ def test_predictions_depend_on_prompt(tokens):
     predictor = prompted()
     with torch.no_grad():
         before = predictor(tokens)
-        predictor.backbone.prompt.vectors.add_(torch.randn_like(predictor.backbone.prompt.vectors))
+        perturb_as_if_trained(predictor.backbone, std=1.0)  # the prompt vectors (the only trainable backbone part)
         after = predictor(tokens)
     assert (after - before).abs().max().item() > 1e-4
 
@@ -82,7 +83,7 @@ def test_padding_does_not_change_a_prediction(tokens):
 def test_save_load_round_trip(tokens, tmp_path):
     predictor = prompted()
     with torch.no_grad():
-        predictor.backbone.prompt.vectors.add_(torch.randn_like(predictor.backbone.prompt.vectors))
+        perturb_as_if_trained(predictor.backbone, std=1.0)  # the prompt vectors (the only trainable backbone part)
         expected = predictor(tokens)
     predictor.save(tmp_path)
     loaded, metadata = ProteinPredictor.load(tmp_path)

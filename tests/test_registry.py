@@ -13,6 +13,7 @@ from torch import nn
 import protadapt.adapters.registry as registry
 import protadapt.training.run as run_module
 from protadapt.adapters import AdapterConfig, AdapterError, LinearAdapter, expected_trainable, get_method
+from protadapt.adapters.perturb import perturb_as_if_trained
 from protadapt.adapters.registry import linear_method, register_method
 from protadapt.backbones import ARCHITECTURES, load_backbone
 from protadapt.config import load_config
@@ -89,10 +90,7 @@ def test_a_name_is_registered_once_and_unknown_names_list_the_known_ones(scaled)
 def test_merge_is_exact_and_predict_leaves_base_weights_bit_identical(method, scaled):
     torch.manual_seed(0)
     predictor = ProteinPredictor(load_backbone("tiny"), HeadConfig(dropout=0.0), AdapterConfig(method=method))
-    with torch.no_grad():  # as if trained: every adapter tensor off its init point
-        for name, parameter in predictor.backbone.named_parameters():
-            if parameter.requires_grad:
-                parameter.add_(0.05 * torch.randn_like(parameter))
+    perturb_as_if_trained(predictor.backbone)  # every adapter tensor off its init point
     frozen = {n: b.detach().clone() for n, b in predictor.named_parameters() if not b.requires_grad}
     frame = get_task("bbb").load().query("split == 'test'").reset_index(drop=True)
     tokens = torch.randint(4, 24, (3, 12))

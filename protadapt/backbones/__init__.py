@@ -34,7 +34,8 @@ from protadapt.backbones.esm import (
 )
 from protadapt.backbones.esm_hf import HF_DERIVED, HF_TO_FAIR_ESM, hf_architecture, hf_to_fair_esm_key, load_hf_directory
 from protadapt.backbones.hf import read_config
-from protadapt.backbones.weights import MODEL_DIR_ENV, cached_snapshot, download, hf_snapshot, one_line, weight_search_paths
+from protadapt.backbones.weights import MODEL_DIR_ENV, cached_snapshot, download, hf_snapshot, weight_search_paths
+from protadapt.files import one_line
 
 ESM_ARCHITECTURES = esm.ARCHITECTURES
 ARCHITECTURES: dict[str, Architecture] = {**ESM_ARCHITECTURES, **esmc.ARCHITECTURES, **bert.ARCHITECTURES}

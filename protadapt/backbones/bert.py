@@ -27,7 +27,8 @@ from protadapt.backbones.hf import (
     require_transformers,
     strip_prefix,
 )
-from protadapt.backbones.weights import model_dir_paths, one_line
+from protadapt.backbones.weights import model_dir_paths
+from protadapt.files import one_line
 
 HUB_IDS = {"prot_bert": "Rostlab/prot_bert"}
 ANTIBERTY = "antiberty"

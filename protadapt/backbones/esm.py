@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protadapt.backbones.base import Architecture, Backbone, BackboneError, drop_prompt, insert_prompt, register_family
-from protadapt.backbones.weights import one_line
+from protadapt.files import one_line
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
 MAX_RESIDUES = 1022  # ESM-2 and ESM-1b were trained on 1024 tokens: BOS + 1022 residues + EOS

@@ -3,13 +3,12 @@ fair-esm's ESM2, so they run the same fast forward and give the same numbers as 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from protadapt.backbones.base import Architecture, BackboneError
 from protadapt.backbones.esm import ESMBackbone, build_esm, load_state_strict
-from protadapt.backbones.weights import one_line
+from protadapt.backbones.hf import read_config
 from protadapt.files import read_safetensors
 
 
@@ -57,11 +56,7 @@ def load_hf_directory(directory: Path) -> ESMBackbone:
 
 
 def hf_architecture(directory: Path) -> Architecture:
-    config_path = directory / "config.json"
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise BackboneError(f"{config_path}: not a readable JSON config ({one_line(error)})") from None
+    config_path, config = directory / "config.json", read_config(directory)
     if config.get("model_type") != "esm" or config.get("position_embedding_type") != "rotary":
         raise BackboneError(f"{config_path}: not an ESM-2 config (model_type 'esm' with rotary positions expected)")
     if config.get("intermediate_size") != 4 * config["hidden_size"] or config.get("vocab_size") != 33:

@@ -24,7 +24,7 @@ from protadapt.backbones.hf import (
     require_transformers,
     strip_prefix,
 )
-from protadapt.backbones.weights import one_line
+from protadapt.files import one_line
 
 HUB_IDS = {"esmc_300m": "biohub/ESMC-300M", "esmc_600m": "biohub/ESMC-600M", "esmc_6b": "biohub/ESMC-6B"}
 # The released shapes (EvolutionaryScale's esm/pretrained.py; the 6B one is EsmcConfig's default).

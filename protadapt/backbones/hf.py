@@ -5,14 +5,14 @@ weight loading, and shapes of the adaptable linears counted on the meta device."
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from protadapt.backbones.base import Architecture, Backbone, BackboneError, drop_prompt, insert_prompt
-from protadapt.backbones.weights import HF_EXTRA, one_line
+from protadapt.backbones.weights import HF_EXTRA
+from protadapt.files import one_line, read_json
 
 AMBIGUOUS = "XBZUO"  # residue letters a vocabulary may lack: read as its unknown token
 
@@ -76,11 +76,9 @@ class HFBackbone(Backbone):
 
 
 def read_config(directory: Path) -> dict:
-    path = directory / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise BackboneError(f"{path}: not a readable JSON config ({one_line(error)})") from None
+    """A Hugging Face directory's `config.json`; a missing or damaged one is one line."""
+    return read_json(directory / "config.json", BackboneError, "a Hugging Face model directory needs its config.json "
+                     "as the hub ships it; download the model again")
 
 
 def linear_shapes(model: nn.Module) -> list[tuple[str, int, int]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from protadapt.backbones.base import BackboneError
+from protadapt.files import one_line
 
 MODEL_DIR_ENV = "PROTADAPT_MODEL_DIR"
 HF_EXTRA = 'pip install "protadapt[hf]"'
@@ -96,11 +97,3 @@ def download(url: str, destination: Path, sha256: str | None = None) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return destination
-
-
-def one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
-
-
-
