@@ -31,7 +31,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +40,7 @@ import torch
 from benchmarks.common import RESULTS_DIR
 from protadapt.adapters import method_names
 from protadapt.analyze import analyse_runs
-from protadapt.compare import Grid, collect, parse_max_train, plan, run_comparison
+from protadapt.compare import Grid, collect, parse_max_train, parse_seeds, plan, run_comparison
 from protadapt.config import load_config
 from protadapt.method_specs import ALIASES, parse_method
 from protadapt.report import comparison_markdown
@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                                  (["dora", "bidora"] if args.smoke else list(METHODS)))
     stages = smoke_stages(methods) if args.smoke else full_stages(methods, args)
     stages = stages[: args.stages]
+    if args.seeds:
+        keep = set(parse_seeds(args.seeds))
+        stages = [replace(s, grid=replace(s.grid, seeds=[x for x in s.grid.seeds if x in keep])) for s in stages]
     out, started = Path(args.out), time.perf_counter()
     if not args.report_only:
         for number, stage in enumerate(stages, start=1):
@@ -92,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="fixed training subsample per task (seed 0, stratified for classification)")
     parser.add_argument("--results", help="directory the report is copied to (default: benchmarks/results; "
                         "none with --smoke)")
+    parser.add_argument("--seeds", help="run only these of each stage's seeds (e.g. 3-4: split a stage across "
+                        "processes with separate --out, then --report-only over the merged cells)")
     parser.add_argument("--report-only", action="store_true", help="collect finished cells; train nothing")
     parser.add_argument("--stages", type=int, default=99, help="run only the first N stages")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
