@@ -108,8 +108,10 @@ def write_reports(out: Path, stages: list, args, skipped: list[str], wall_time_s
         settings = (SMOKE_STATES if args.smoke else STATES)[state]
         comparison.write_report(out / state, stages, wall_time_s, args, skipped, name=f"{NAME}_{state}",
                                 backbone=settings, optimiser=optimiser_note(), script="benchmarks.comparison_real")
-        if (out / state / "comparison.csv").exists():
+        try:
             tables[state] = pd.read_csv(out / state / "comparison.csv")
+        except (FileNotFoundError, pd.errors.EmptyDataError):  # compare writes an empty one before any cell finished
+            continue
     if not tables:
         return
     text = side_by_side(tables, stages, args)
