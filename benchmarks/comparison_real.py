@@ -30,6 +30,7 @@ where cores are free, or cut `--max-train` / `--epochs` and say so with `--note`
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import time
@@ -86,7 +87,8 @@ def parse_args(argv: list[str] | None):
 
 def real_stages(methods: list[str], args) -> list[comparison.Stage]:
     """comparison.py's bbb and thermostability stages, thermostability's proteins truncated to the backbone."""
-    bbb, thermostability = comparison.full_stages(methods, args)[:2]
+    limits = argparse.Namespace(**{**vars(args), "max_train": f"mic=0,{args.max_train}"})  # mic's stage is unused
+    bbb, thermostability = comparison.full_stages(methods, limits)[:2]
     thermostability.overrides.append("data.truncate=true")
     thermostability.why += "; sequences longer than the backbone's positions truncated (counted below)"
     return [bbb, thermostability][: args.stages]
@@ -204,7 +206,7 @@ def differences_table(runs: pd.DataFrame, states: list[str]) -> list[str]:
         cells = []
         for state in states:
             result = columns[state].get(pair)
-            cells += ["–", "–", "–"] if result is None else result
+            cells += ["–", "–", "–"] if result is None else result[:3]
         lines.append(f"| {pair[0]} − {pair[1]} | " + " | ".join(cells) + " |")
     significant = [f"{a} − {b} ({s})" for s, column in columns.items() for (a, b), r in column.items() if r[3] < 0.05]
     return lines + ["", "Surviving Holm's correction at 0.05: " + (", ".join(significant) or "none") + "."]

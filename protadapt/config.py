@@ -73,11 +73,13 @@ class MethodDefaults:
     lr: float = 1e-3
 
 
-# Chosen on bbb's inner validation split with the real AntiBERTy weights (benchmarks/results/defaults_sweep.md);
-# bidora takes dora's (the sweep does not run BiDoRA), head and unlisted methods the fallback MethodDefaults().
+# lora, dora, full: the best of benchmarks/defaults_sweep.py on bbb's inner validation split with the real
+# AntiBERTy weights (results/defaults_sweep.md: lora/dora 1e-3 of 1e-4..3e-3, full 1e-4 of 1e-5..1e-4, one seed).
+# bidora takes dora's (not swept); wegeft and prompt keep their earlier settings (configs/prompt.yaml) until the
+# sweep has their cells; head and unlisted methods the fallback MethodDefaults().
 METHOD_DEFAULTS: dict[str, MethodDefaults] = {
     "lora": MethodDefaults(lr=1e-3), "dora": MethodDefaults(lr=1e-3), "bidora": MethodDefaults(lr=1e-3),
-    "wegeft": MethodDefaults(lr=1e-3), "prompt": MethodDefaults(lr=1e-2), "full": MethodDefaults(lr=1e-5),
+    "wegeft": MethodDefaults(lr=1e-3), "prompt": MethodDefaults(lr=1e-2), "full": MethodDefaults(lr=1e-4),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from benchmarks import comparison_real
+from protadapt.config import METHOD_DEFAULTS
 
 
 def test_smoke_mode_reports_both_weight_states_side_by_side(tmp_path):
@@ -29,4 +30,4 @@ def test_thermostability_stage_truncates_and_methods_use_their_own_defaults():
     assert bbb.grid.seeds == [0, 1, 2, 3, 4] and thermostability.grid.seeds == [0, 1, 2]
     assert thermostability.grid.max_train == {"thermostability": 100}
     assert not any(":" in m for m in comparison_real.METHODS)  # no per-entry lr: METHOD_DEFAULTS apply
-    assert "full 1e-05" in comparison_real.optimiser_note()
+    assert f"full {METHOD_DEFAULTS['full'].lr:g}" in comparison_real.optimiser_note()
