@@ -11,9 +11,11 @@ seed; finished cells are reused. The chosen lr per method is the one with the hi
 inner-validation accuracy over the seeds that finished for every lr of that method, ties broken by
 mean AUROC, then the lower lr. The choice goes into `protadapt.config.METHOD_DEFAULTS` by hand.
 
-Cost measured on the shared 2-core CPU (1 torch thread, AntiBERTy 26 M, batch 32): one bbb epoch of
-LoRA/DoRA ≈ 4–6 CPU-s, full fine-tuning ≈ 10 CPU-s (one-epoch fits: 11 / 12 / 17 CPU-s including
-evaluation), so the default grid (15 lrs × 2 seeds, ≤ 20 epochs) is ≈ 60 CPU-minutes.
+Cost measured on the shared 2-core CPU (1 torch thread, AntiBERTy 26 M, batch 32, load average 5-15):
+one bbb epoch of LoRA/DoRA ≈ 4–6 CPU-s, full fine-tuning ≈ 10 CPU-s (one-epoch fits: 11 / 12 / 17 CPU-s
+including evaluation); a cell (early-stopped, 7-18 epochs) took LoRA 78-143, DoRA 100-219, full 107-235
+CPU-s, so one seed of the default grid (15 lrs) is ≈ 35 CPU-minutes and two ≈ 70. At `nice -n 5` next
+to two benchmark processes a cell got 25-50 % of a core: seed 0 took ~80 wall-minutes.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     grid = parse_grid(args.grid) if args.grid else GRID
     out, results = Path(args.out), Path(args.results) if args.results else RESULTS_DIR
     train = bbb_training_split()
-    for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:
         for method, lrs in grid.items():
             for lr in lrs:
                 run_cell(out, method, lr, seed, train, args.epochs, args.settings)
@@ -64,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
     parser.add_argument("--epochs", type=int, default=20, help="optim.max_epochs: early stopping's ceiling")
     parser.add_argument("--grid", help="METHOD=LR/LR,METHOD=LR (default: the GRID in this file)")
+    parser.add_argument("--report-only", action="store_true", help="collect the finished cells; train nothing")
     parser.add_argument("--settings", nargs="*", default=SETTINGS, help="KEY=VALUE for every cell (tests: tiny)")
     argv = sys.argv[1:] if argv is None else argv
     return parser.parse_args(argv, argparse.Namespace(argv=list(argv)))
@@ -150,6 +153,8 @@ def write_report(out: Path, grid: dict, args: argparse.Namespace, results: Path)
              f"- Machine: {cpu_model()}, 1 torch thread, shared with two benchmark processes (wall times are upper bounds).",
              "- Caveat: 40 validation rows, so one peptide is 2.5 points of accuracy; the best epoch's own accuracy is "
              "the selection criterion, so these figures are optimistic and serve only to rank learning rates.",
+             "- Early stopping (patience 5) can end a low learning rate's run in its initial plateau (best epoch 2-3, "
+             "7-8 epochs run): that favours the larger rates; a longer patience could change the low end.",
              "", "## Chosen learning rate per method", "",
              markdown_table(["method", "chosen lr", "mean val accuracy", "mean val AUROC", "mean best epoch", "seeds"],
                             [[r.method, f"{r.chosen_lr:g}", f"{r.val_accuracy:.3f}", f"{r.val_auroc:.3f}",
