@@ -46,12 +46,17 @@ from protadapt.method_specs import ALIASES, parse_method
 from protadapt.report import comparison_markdown
 
 METHODS = ("probe", "lora", "dora", "bidora", "bidora_fo", "full:optim.lr=1e-5", "wegeft", "prompt")
-BACKBONE = ["backbone=esm2_t6_8M_UR50D", "random_init=true", "quiet=true"]
+# optim.lr pinned: this report's every method trains at 1e-3 (full: its entry's 1e-5), not the per-method defaults
+BACKBONE = ["backbone=esm2_t6_8M_UR50D", "random_init=true", "quiet=true", "optim.lr=1e-3"]
 SMOKE = ["backbone=tiny", "quiet=true", "optim.max_epochs=1", "data.batch_size=32"]
 REFERENCE = "dora"
 IDENTITY_BELOW = 0.5  # the report's "far from training" test rows: 11 of bbb's 38 test peptides
 # the ΔM–ΔD analysis: methods with adapted linears (bidora_fo left out: analyze labels runs by their method)
 ANALYSED = ("lora", "dora", "bidora", "full")
+RESULTS_NAME = "comparison_esm2_8M"  # benchmarks/results/<name>.{md,csv}
+OPTIMISER = ("Optimiser: AdamW, lr 1e-3, weight decay 0.01, cosine schedule with warm-up, for every method "
+             "except full fine-tuning (lr 1e-5, `full:optim.lr=1e-5`); `bidora_fo` is BiDoRA with "
+             "`bilevel.hypergradient=first_order`.")
 
 
 @dataclass
@@ -84,8 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    parser = parser or build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    return parser.parse_args(argv, argparse.Namespace(argv=list(argv)))
+
+
+def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    """The report's options (comparison_real adds its own to them)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", default="/tmp/protadapt-comparison")
     parser.add_argument("--smoke", action="store_true", help="tiny backbone, 1 seed, 1 epoch, dora + bidora on bbb")
     parser.add_argument("--methods", help=f"comma-separated compare entries (default: {','.join(METHODS)})")
@@ -101,8 +113,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stages", type=int, default=99, help="run only the first N stages")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
     parser.add_argument("--note", action="append", default=[], help="a line added to the report's header")
-    argv = sys.argv[1:] if argv is None else argv
-    return parser.parse_args(argv, argparse.Namespace(argv=list(argv)))
+    return parser
 
 
 def available(entries: list[str]) -> tuple[list[str], list[str]]:
@@ -134,15 +145,18 @@ def smoke_stages(methods: list[str]) -> list[Stage]:
     return [Stage(Grid(["bbb"], methods[:2], [0]), [], "smoke: bbb, tiny backbone, seed 0, 1 epoch")]
 
 
-def stage_config(stage: Stage, smoke: bool):
-    return load_config(None, (SMOKE if smoke else BACKBONE) + stage.overrides)
+def stage_config(stage: Stage, smoke: bool, backbone: list[str] | None = None):
+    """The stage's base config: `backbone` (settings shared by every cell) if given, else SMOKE or BACKBONE."""
+    return load_config(None, (backbone or (SMOKE if smoke else BACKBONE)) + stage.overrides)
 
 
 def write_report(out: Path, stages: list[Stage], wall_time_s: float | None, args: argparse.Namespace,
-                 skipped: list[str]) -> None:
-    """Collect every finished cell of every stage; write OUT/comparison.{md,csv} and copy them to --results."""
-    tables = [collect(stage_config(s, args.smoke), s.grid, out) for s in stages]
-    planned = [sum(1 for _ in plan(stage_config(s, args.smoke), s.grid, out)) for s in stages]
+                 skipped: list[str], *, name: str = RESULTS_NAME, backbone: list[str] | None = None,
+                 optimiser: str = OPTIMISER, script: str = "benchmarks.comparison") -> None:
+    """Collect every finished cell of every stage; write OUT/comparison.{md,csv} and copy them to --results
+    as NAME.{md,csv}; `backbone`, `optimiser` and `script` let another report (comparison_real) reuse it."""
+    tables = [collect(stage_config(s, args.smoke, backbone), s.grid, out) for s in stages]
+    planned = [sum(1 for _ in plan(stage_config(s, args.smoke, backbone), s.grid, out)) for s in stages]
     finished = [t for t in tables if not t.empty]
     if not finished:
         return
@@ -154,15 +168,13 @@ def write_report(out: Path, stages: list[Stage], wall_time_s: float | None, args
     notes.append("Equal rows: every model first trains on 80 % of its training rows with early stopping on the other "
                  "20 % (patience 5), then is refit from its initial weights on all of them for the chosen epoch count; "
                  "BiDoRA searches for a fixed budget and retrains on all of them. The 'training rows' column shows it.")
-    notes.append("Optimiser: AdamW, lr 1e-3, weight decay 0.01, cosine schedule with warm-up, for every method "
-                 "except full fine-tuning (lr 1e-5, `full:optim.lr=1e-5`); `bidora_fo` is BiDoRA with "
-                 "`bilevel.hypergradient=first_order`.")
+    notes.append(optimiser)
     if skipped:
         notes.append(f"Not run (not a registered method yet): {', '.join(skipped)}.")
     if args.report_only:
         notes.append("This report was collected with --report-only from the cells that had finished.")
     notes += args.note
-    command = "PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison " + " ".join(args.argv)
+    command = f"PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m {script} " + " ".join(args.argv)
     report = comparison_markdown(table, reference=REFERENCE, command=command.strip(), wall_time_s=wall_time_s,
                                  notes=notes, identity_below=IDENTITY_BELOW)
     report += analysis_section(out)
@@ -170,8 +182,8 @@ def write_report(out: Path, stages: list[Stage], wall_time_s: float | None, args
     results = Path(args.results) if args.results else (None if args.smoke else RESULTS_DIR)
     if results is not None:
         results.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "comparison.md", results / "comparison_esm2_8M.md")
-        shutil.copyfile(out / "comparison.csv", results / "comparison_esm2_8M.csv")
+        shutil.copyfile(out / "comparison.md", results / f"{name}.md")
+        shutil.copyfile(out / "comparison.csv", results / f"{name}.csv")
 
 
 def analysis_section(out: Path) -> str:

@@ -319,18 +319,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from protadapt.adapters import AdapterConfig, expected_trainable, method_names
+    from protadapt.adapters import AdapterConfig, expected_trainable, get_method, method_names
     from protadapt.backbones import resolve_architecture
-    from protadapt.config import RunConfig
+    from protadapt.config import RunConfig, method_defaults
 
     backbone = args.backbone or RunConfig.backbone
     rank = AdapterConfig.rank if args.rank is None else args.rank
     architecture = resolve_architecture(backbone)
     print(f"{'method':<8} {'trainable backbone params':>26}   ({architecture.name}, rank {rank}"
-          f"{', attention + FFN' if args.include_ffn else ', attention q/k/v/out'}; the head adds its own)")
+          f"{', attention + FFN' if args.include_ffn else ', attention q/k/v/out'}; the head adds its own)"
+          "   default optim.lr")
     for name in method_names():
         config = AdapterConfig(method=name, rank=rank, include_ffn=args.include_ffn)
-        print(f"{name:<8} {expected_trainable(architecture, config):>26,}")
+        lr = "– (own fit)" if get_method(name).fit else f"{method_defaults(name).lr:g}"
+        print(f"{name:<8} {expected_trainable(architecture, config):>26,}   {lr}")
     return 0
 
 

@@ -3,7 +3,7 @@
 An entry is `LABEL[:KEY=VALUE[:KEY=VALUE...]]`. LABEL names the report row and the cell directory;
 it is a registered method (`lora`), a baseline (`majority`) or an alias below (`bidora_fo`). The
 `KEY=VALUE` overrides apply to that entry's cells only, after the settings shared by every cell:
-`full:optim.lr=1e-5` gives full fine-tuning its own lower learning rate.
+`full:optim.lr=1e-5` trains full fine-tuning at 1e-5 instead of its default (config.METHOD_DEFAULTS).
 """
 
 from __future__ import annotations

@@ -333,7 +333,7 @@ def _search_magnitudes(hypergradient: str, epochs: int = 3) -> tuple[torch.Tenso
                                    problem_type="classification", batch_size=DataConfig().batch_size,
                                    val_fraction=DataConfig().val_fraction)
     datamodule.setup("fit")
-    module = BiDoRAModule(predictor, OptimConfig(max_epochs=epochs), BilevelConfig(hypergradient=hypergradient))
+    module = BiDoRAModule(predictor, OptimConfig(lr=1e-3, max_epochs=epochs), BilevelConfig(hypergradient=hypergradient))
     loaders = datamodule.bilevel_dataloader()
     trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", deterministic=True)

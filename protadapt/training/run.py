@@ -14,6 +14,7 @@ rank 0 evaluates and writes files, so a run directory is written once.
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from dataclasses import dataclass, replace
@@ -27,8 +28,9 @@ import torch
 from protadapt import rundir
 from protadapt.adapters import count_trainable
 from protadapt.backbones import load_backbone
-from protadapt.config import RunConfig
+from protadapt.config import RunConfig, with_method_defaults
 from protadapt.data.datamodule import ProteinDataModule
+from protadapt.data.io import DataError
 from protadapt.data.splits import split_groups
 from protadapt.data.tasks import Task, resolve_task
 from protadapt.embeddings.cache import EmbeddingCache
@@ -47,6 +49,8 @@ from protadapt.training.resume import check_resume_config, interruptible, save_r
 from protadapt.training.trainer import Phase, inference_precision, train
 from protadapt.uncertainty import scaled_scores
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class RunResult:
@@ -60,18 +64,20 @@ def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = 
         refit_default: bool = False) -> RunResult:
     """Train one model and write its run directory; `train`/`test` override the task's split.
 
-    `refit_default`: whether an unset `optim.refit` refits (`compare` passes True)."""
+    `refit_default`: whether an unset `optim.refit` refits (`compare` passes True). An unset `optim.lr` is
+    the method's default (`config.METHOD_DEFAULTS`); run.json records which settings were defaulted."""
     run_dir = Path(run_dir or default_run_dir(config))
+    config, defaulted = with_method_defaults(config)
     check_resume_config(run_dir, config, resume)
     with rundir.claim(run_dir, resume=resume, overwrite=overwrite), interruptible():
-        result = fit_claimed(config, run_dir, resume, train, test, refit_default)
+        result = fit_claimed(config, run_dir, resume, train, test, refit_default, defaulted)
         if result.is_global_zero:
             rundir.mark_complete(run_dir)  # last: a run without it is incomplete
         return result
 
 
 def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFrame | None,
-                test: pd.DataFrame | None, refit_default: bool = False) -> RunResult:
+                test: pd.DataFrame | None, refit_default: bool = False, defaulted: dict | None = None) -> RunResult:
     """`fit` inside its run directory's lock."""
     started = time.perf_counter()
     task = resolve_task(config.data)
@@ -82,6 +88,9 @@ def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFr
     L.seed_everything(config.seed, workers=True, verbose=False)
 
     predictor = build_predictor(config, task, train)  # a missing backbone leaves nothing
+    limit = predictor.backbone.max_residues
+    train = limit_lengths(train, limit, config.data.truncate, f"{task.name} training")
+    test = None if test is None else limit_lengths(test, limit, config.data.truncate, f"{task.name} test")
     train, calibration = calibration_split(train, config, task.problem_type)
     datamodule = build_datamodule(config, predictor, train.reset_index(drop=True), test)
     save_resume_config(run_dir, config)  # after validation: a refused run leaves no directory
@@ -98,8 +107,28 @@ def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFr
                   config.data.batch_size, inference_precision(config.trainer.precision))
     metrics = {**evaluate_run(predictor, datamodule.inner_val_df, test, config, run_dir, refit_default), **trained}
     write_json_atomic(metrics, run_dir / "metrics.json")
-    write_json_atomic(run_record(predictor, time.perf_counter() - started, ranks), run_dir / "run.json")
+    record = run_record(predictor, time.perf_counter() - started, ranks)
+    write_json_atomic({**record, "optim_lr": config.optim.lr, "method_defaults": defaulted or {}},
+                      run_dir / "run.json")
     return RunResult(run_dir, metrics)
+
+
+def limit_lengths(rows: pd.DataFrame, max_residues: int, truncate: bool, part: str) -> pd.DataFrame:
+    """Rows longer than the backbone takes: cut to `max_residues` with `data.truncate=true` (logged), else an error."""
+    lengths = rows["sequence"].str.len()
+    long = lengths > max_residues
+    if not long.any():
+        return rows
+    first = rows.loc[long.idxmax()]
+    if not truncate:
+        raise DataError(f"{part} record {first['id']!r} has {lengths[long.idxmax()]} residues, more than the backbone's "
+                        f"{max_residues} ({int(long.sum())} such records); pass data.truncate=true to keep the first "
+                        f"{max_residues}")
+    log.warning("%s: truncated %d sequence(s) longer than %d residues (first: %s)", part, int(long.sum()),
+                max_residues, first["id"])
+    rows = rows.copy()
+    rows.loc[long, "sequence"] = rows.loc[long, "sequence"].str[:max_residues]
+    return rows
 
 
 def build_predictor(config: RunConfig, task: Task, train: pd.DataFrame) -> ProteinPredictor:

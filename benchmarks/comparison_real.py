@@ -1,0 +1,230 @@
+"""Real pretrained weights (issue 18): every method on the real AntiBERTy checkpoint and on the same architecture
+randomly initialised, same seeds and splits, in ONE command.
+
+    PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison_real [--out DIR]
+    PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison_real --smoke --out /tmp/smoke
+
+For each weight state (`real`, then `random`) it runs benchmarks/comparison.py's first two stages into
+OUT/<state>/ (resumable: finished cells are reused): bbb on its whole 198-row training split with seeds
+0-4, then thermostability on a fixed `--max-train` subsample (default 100 rows) with seeds 0-2 and
+`data.truncate=true` (AntiBERTy takes 510 residues; the report counts the truncated sequences). The
+methods are METHODS with NO per-method overrides: every one trains at its own default lr
+(protadapt.config.METHOD_DEFAULTS). Each state gets comparison.py's full report (BiDoRA − DoRA and every
+method − DoRA with t-intervals, Wilcoxon, Holm, McNemar / DeLong, the ΔM–ΔD analysis) as
+results/comparison_antiberty_<state>.{md,csv}; `comparison_antiberty.md` puts the states side by side:
+accuracy per method, real − random, BiDoRA − DoRA and method − probe per state, wall time and peak
+memory per cell, and which differences survive Holm's correction.
+
+`--smoke`: tiny backbone for both states, seed 0, 1 epoch, bbb, dora + bidora (+ probe and baselines):
+the whole pipeline in seconds (tests/test_comparison_real.py runs it).
+
+Cost on the shared 2-core CPU, 1 torch thread, measured (see the issue-18 report; the sweep in
+results/defaults_sweep.md): an early-stopped bbb LoRA/DoRA fit on 158 rows is 80-145 CPU-s, so a bbb
+compare cell (fit + refit on 198 rows) ≈ 3-4 CPU-min for LoRA / DoRA / WeGeFT / prompt, ≈ 7 for full
+fine-tuning, ≈ 12 for BiDoRA (20 search + 20 retrain epochs at 4.7× a LoRA step) and its first-order
+variant ≈ 7; one bbb seed of the 8 methods ≈ 45 CPU-min, bbb ≈ 3.8 h per state. Thermostability (370
+residues a sequence, 10-12× bbb's tokens per row) on 100 rows ≈ 5× a bbb cell: ≈ 3.7 h per seed, 11 h
+per state for 3 seeds. In all ≈ 30 CPU-hours for both states: run it on a GPU or with `--threads`
+where cores are free, or cut `--max-train` / `--epochs` and say so with `--note`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from benchmarks import comparison
+from benchmarks.common import RESULTS_DIR
+from protadapt.backbones import load_backbone
+from protadapt.compare import parse_max_train, subsample
+from protadapt.config import METHOD_DEFAULTS, load_config
+from protadapt.data.tasks import resolve_task
+from protadapt.evaluation.statistics import compare_to_reference, holm, wilcoxon_min_p
+from protadapt.method_specs import ALIASES
+from protadapt.report import _mean, format_p, mean_sd
+
+METHODS = ("probe", "lora", "dora", "bidora", "bidora_fo", "full", "wegeft", "prompt")
+STATES = {"real": ["backbone=antiberty", "quiet=true"],
+          "random": ["backbone=antiberty", "random_init=true", "quiet=true"]}
+SMOKE_STATES = {state: ["backbone=tiny", *settings[1:], "optim.max_epochs=1", "data.batch_size=32"]
+                for state, settings in STATES.items()}
+NAME = "comparison_antiberty"
+TRUNCATED = "thermostability"  # the task whose proteins can exceed the backbone's positions
+PAIRS = (("bidora", "dora"), ("bidora_fo", "dora"))  # besides every method − probe
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    methods, skipped = comparison.available(args.methods.split(",") if args.methods else
+                                            (["dora", "bidora"] if args.smoke else list(METHODS)))
+    stages = comparison.smoke_stages(methods) if args.smoke else real_stages(methods, args)
+    out, started = Path(args.out), time.perf_counter()
+    for state in args.states.split(","):
+        settings = (SMOKE_STATES if args.smoke else STATES)[state]
+        for number, stage in enumerate(stages, start=1):
+            if not args.report_only:
+                comparison.run_comparison(comparison.stage_config(stage, args.smoke, settings), stage.grid, out / state)
+                logging.info("%s: stage %d of %d done", state, number, len(stages))
+            write_reports(out, stages, args, skipped, time.perf_counter() - started)
+    write_reports(out, stages, args, skipped, None if args.report_only else time.perf_counter() - started)
+    return 0
+
+
+def parse_args(argv: list[str] | None):
+    parser = comparison.build_parser(__doc__.splitlines()[0])
+    parser.set_defaults(out="/tmp/protadapt-comparison-real", max_train="thermostability=100", stages=2)
+    parser.add_argument("--states", default="real,random", help="weight states to run, in order")
+    return comparison.parse_args(argv, parser)
+
+
+def real_stages(methods: list[str], args) -> list[comparison.Stage]:
+    """comparison.py's bbb and thermostability stages, thermostability's proteins truncated to the backbone."""
+    limits = argparse.Namespace(**{**vars(args), "max_train": f"mic=0,{args.max_train}"})  # mic's stage is unused
+    bbb, thermostability = comparison.full_stages(methods, limits)[:2]
+    thermostability.overrides.append("data.truncate=true")
+    thermostability.why += "; sequences longer than the backbone's positions truncated (counted below)"
+    return [bbb, thermostability][: args.stages]
+
+
+def optimiser_note() -> str:
+    lrs = ", ".join(f"{m} {d.lr:g}" for m, d in METHOD_DEFAULTS.items())
+    aliases = ", ".join(f"`{alias}` is {method} with `{' '.join(settings)}`" for alias, (method, settings) in ALIASES.items())
+    return (f"Optimiser: AdamW, weight decay 0.01, cosine schedule with warm-up; each method at its own default lr "
+            f"(protadapt.config.METHOD_DEFAULTS: {lrs}; chosen by benchmarks/defaults_sweep.py on bbb's inner "
+            f"validation split); {aliases}.")
+
+
+def write_reports(out: Path, stages: list, args, skipped: list[str], wall_time_s: float | None) -> None:
+    """Each state's comparison.py report, then the side-by-side report of both."""
+    results = Path(args.results) if args.results else (None if args.smoke else RESULTS_DIR)
+    tables = {}
+    for state in args.states.split(","):
+        settings = (SMOKE_STATES if args.smoke else STATES)[state]
+        comparison.write_report(out / state, stages, wall_time_s, args, skipped, name=f"{NAME}_{state}",
+                                backbone=settings, optimiser=optimiser_note(), script="benchmarks.comparison_real")
+        try:
+            tables[state] = pd.read_csv(out / state / "comparison.csv")
+        except (FileNotFoundError, pd.errors.EmptyDataError):  # compare writes an empty one before any cell finished
+            continue
+    if not tables:
+        return
+    text = side_by_side(tables, stages, args)
+    (out / f"{NAME}.md").write_text(text)
+    if results is not None:
+        (results / f"{NAME}.md").write_text(text)
+
+
+def side_by_side(tables: dict[str, pd.DataFrame], stages: list, args) -> str:
+    """The report's own page: what it shows, truncation counts, and per task both states' columns."""
+    states = list(tables)
+    lines = ["# Real AntiBERTy weights vs the same architecture randomly initialised", "",
+             f"- Command: `PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison_real "
+             f"{' '.join(args.argv)}`".rstrip(),
+             f"- Per state, the full report: {', '.join(f'`{NAME}_{s}.md`' for s in states)} (every metric, McNemar "
+             "/ DeLong per seed, the ΔM–ΔD analysis).",
+             f"- {optimiser_note()}", *caveats(), *truncation_lines(stages, args), *[f"- {n}" for n in args.note]]
+    everything = pd.concat([t.assign(state=s) for s, t in tables.items()], ignore_index=True)
+    for task, runs in everything.groupby("task", sort=False):
+        lines += ["", f"## {task}", "", *accuracy_table(runs, states), "", *differences_table(runs, states)]
+    return "\n".join(lines) + "\n"
+
+
+def caveats() -> list[str]:
+    return ["- What this shows: whether AntiBERTy's pretrained weights help each method over the same architecture "
+            "with random weights, and how the methods rank on one real checkpoint, on equal training rows.",
+            "- What it does not: AntiBERTy is a BERT pretrained on antibody sequences (OAS), not ESM-2 and not a "
+            "general protein model; peptides and thermostable proteins are outside its training distribution, so "
+            "nothing here is the paper's ESM-2 650M result.",
+            "- bbb's test set has 38 peptides: one peptide is 2.6 points of accuracy, and every seed is scored on the "
+            "same 38 rows (the seeds vary training only).",
+            f"- Significance: Holm over each table's comparisons. With 5 seeds the smallest two-sided Wilcoxon p is "
+            f"{format_p(wilcoxon_min_p(5))}, with 3 it is {format_p(wilcoxon_min_p(3))}: no difference can reach "
+            "p < 0.05 with these pairs, however large; the t-intervals say how large the differences are."]
+
+
+def truncation_lines(stages: list, args) -> list[str]:
+    """Per task: training (the rows a cell draws from) and test sequences longer than the backbone takes."""
+    limits = parse_max_train(args.max_train)
+    settings = (SMOKE_STATES if args.smoke else STATES)["real"]
+    limit = load_backbone(load_config(None, settings).backbone, random_init=True).max_residues
+    lines = []
+    for task in dict.fromkeys(t for stage in stages for t in stage.grid.tasks):
+        frame = resolve_task(load_config(None, [f"data.task={task}"]).data).load()
+        train = subsample(frame[frame["split"] == "train"].reset_index(drop=True), limits.get(task), "classification")
+        test = frame[frame["split"] == "test"]
+        counts = [int((part["sequence"].str.len() > limit).sum()) for part in (train, test)]
+        lines.append(f"- {task}: {counts[0]} of {len(train)} training and {counts[1]} of {len(test)} test sequences "
+                     f"are longer than the backbone's {limit} residues"
+                     + ("; truncated to their first residues (`data.truncate=true`)." if any(counts) else "."))
+    return lines
+
+
+def accuracy_table(runs: pd.DataFrame, states: list[str]) -> list[str]:
+    """Accuracy (mean ± sd over seeds), AUROC, wall time and peak RSS per method, one column group per state."""
+    header = "| method | " + " | ".join(f"{s}: accuracy | {s}: AUROC | {s}: s / cell | {s}: peak MB" for s in states)
+    lines = [header + " | real − random accuracy [95 % CI] | p | seeds |", "|---" * (4 * len(states) + 4) + "|"]
+    diffs = state_differences(runs) if {"real", "random"} <= set(states) else pd.DataFrame()
+    for method, method_runs in runs.groupby("method", sort=False):
+        cells = []
+        for state in states:
+            part = method_runs[method_runs["state"] == state]
+            cells += [mean_sd(part["accuracy"]), mean_sd(part["auroc"]), _mean(part["wall_time_s"], 0),
+                      _mean(part["peak_rss_mb"], 0)]
+        row = diffs.loc[method] if method in diffs.index else None
+        delta = "–" if row is None or pd.isna(row.diff_mean) else \
+            f"{row.diff_mean:+.3f} [{row.diff_ci_low:+.3f}, {row.diff_ci_high:+.3f}]"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {delta} | "
+                     f"{'–' if row is None else format_p(row.p_value)} | {len(method_runs['seed'].unique())} |")
+    return lines
+
+
+def state_differences(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per method, real − random accuracy paired over seeds (t-interval, Wilcoxon p), indexed by method."""
+    long = runs.assign(task=runs["method"], method=runs["state"])
+    result = compare_to_reference(long, "accuracy", "random", ["seed"])
+    return result[result["method"] == "real"].set_index("task")
+
+
+def differences_table(runs: pd.DataFrame, states: list[str]) -> list[str]:
+    """BiDoRA − DoRA and every method − probe, per state: Δ accuracy [CI], Wilcoxon p, Holm p over the column."""
+    rows = [(a, b) for a, b in PAIRS] + [(m, "probe") for m in runs["method"].unique()
+                                         if m not in ("probe", "majority", "composition")]
+    columns = {state: paired(runs[runs["state"] == state], rows) for state in states}
+    lines = ["Paired over seeds (same seed, same split, same test rows): Δ accuracy = first − second, mean and 95 % "
+             "t-interval; p: two-sided Wilcoxon signed-rank; Holm: adjusted over this column's comparisons.", "",
+             "| comparison | " + " | ".join(f"{s}: Δ accuracy [95 % CI] | {s}: p | {s}: Holm p" for s in states) + " |",
+             "|---" * (3 * len(states) + 1) + "|"]
+    for pair in rows:
+        cells = []
+        for state in states:
+            result = columns[state].get(pair)
+            cells += ["–", "–", "–"] if result is None else result[:3]
+        lines.append(f"| {pair[0]} − {pair[1]} | " + " | ".join(cells) + " |")
+    significant = [f"{a} − {b} ({s})" for s, column in columns.items() for (a, b), r in column.items() if r[3] < 0.05]
+    return lines + ["", "Surviving Holm's correction at 0.05: " + (", ".join(significant) or "none") + "."]
+
+
+def paired(runs: pd.DataFrame, pairs: list[tuple[str, str]]) -> dict:
+    """(method, reference) -> [Δ text, p text, Holm p text, Holm p] for the pairs both of whose methods ran."""
+    found = {}
+    for method, reference in pairs:
+        both = runs[runs["method"].isin([method, reference])]
+        if {method, reference} <= set(both["method"]):
+            found[(method, reference)] = compare_to_reference(both, "accuracy", reference, ["seed"]).set_index(
+                "method").loc[method]
+    adjusted = holm([r.p_value for r in found.values()]) if found else []
+    return {pair: [f"{r.diff_mean:+.3f} [{r.diff_ci_low:+.3f}, {r.diff_ci_high:+.3f}]", format_p(r.p_value),
+                   format_p(h), h if h == h else 1.0] for (pair, r), h in zip(found.items(), adjusted)}
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())
