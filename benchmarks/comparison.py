@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                                  (["dora", "bidora"] if args.smoke else list(METHODS)))
     stages = smoke_stages(methods) if args.smoke else full_stages(methods, args)
     stages = stages[: args.stages]
+    if args.tasks:
+        stages = [s for s in stages if s.grid.tasks[0] in args.tasks.split(",")]
     if args.seeds:
         keep = set(parse_seeds(args.seeds))
         stages = [replace(s, grid=replace(s.grid, seeds=[x for x in s.grid.seeds if x in keep])) for s in stages]
@@ -107,6 +109,7 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
                         help="fixed training subsample per task (seed 0, stratified for classification)")
     parser.add_argument("--results", help="directory the report is copied to (default: benchmarks/results; "
                         "none with --smoke)")
+    parser.add_argument("--tasks", help="run only these tasks' stages (e.g. mic), for splitting across processes")
     parser.add_argument("--seeds", help="run only these of each stage's seeds (e.g. 3-4: split a stage across "
                         "processes with separate --out, then --report-only over the merged cells)")
     parser.add_argument("--report-only", action="store_true", help="collect finished cells; train nothing")
