@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from protadapt.adapters.base import AdapterConfig, DecomposedLinear
-from protadapt.adapters.lora import LOW_RANK_SETTINGS, LoRALinear
+from protadapt.adapters.lora import LOW_RANK_SETTINGS, LoRALinear, fused_low_rank_linear
 from protadapt.adapters.registry import linear_method, register_method
 
 NORM_DIM = 1  # rows of the out × in weight: one magnitude per output feature
@@ -60,6 +60,8 @@ class DoRALinear(LoRALinear, DecomposedLinear):
         # W·x + b = (m/‖V‖) ⊙ (W0·x + s·B·A·x) + b, written so that at init (scale exactly 1) the
         # result is bit-identical to the base layer: (base(x) + lora)·scale − (scale − 1)·b.
         scale = self.scale()
+        if self.fuses(x):  # the same W·x + b by one GEMM with diag(scale)·V (W0 exactly at init)
+            return fused_low_rank_linear(x, self.base_layer, self.down, self.up, self.scaling, scale)
         result = self.add_low_rank(self.base_layer(x), self.dropout(x)) * scale
         bias = self.base_layer.bias
         return result if bias is None else result - (scale - 1) * bias
