@@ -68,56 +68,50 @@ class LoRALinear(LinearAdapter):
         return (self.up @ self.down) * self.scaling
 
 
-def fused_low_rank_linear(x: torch.Tensor, base: nn.Linear, down: torch.Tensor, up: torch.Tensor, scaling: float,
-                          scale: torch.Tensor | None = None) -> torch.Tensor:
-    """x·Wᵀ + b with W = (W0 + s·B·A), or diag(scale)·(W0 + s·B·A) for DoRA, by one frozen-sized GEMM."""
-    return _FusedLowRank.apply(x, base.weight, base.bias, down, up, scaling, scale)
+def fused_low_rank_linear(x: torch.Tensor, base: nn.Linear, down: torch.Tensor, up: torch.Tensor,
+                          scaling: float) -> torch.Tensor:
+    """x·(W0 + s·B·A)ᵀ + b by one GEMM of the frozen layer's size (see `_FusedLowRank`)."""
+    return _FusedLowRank.apply(x, base.weight, base.bias, down, up, scaling)
 
 
 class _FusedLowRank(torch.autograd.Function):
-    """The adapted linear as one GEMM each way, with gradients for A, B (and DoRA's per-row scale) only.
+    """The adapted linear as one GEMM each way, with gradients for A and B only.
 
     Forward forms W (out·in·r, cheaper than the rows·(in+out)·r of the two-GEMM path) and applies it
     in one GEMM of the frozen layer's size, so an adapted layer's forward costs what the bare one does.
-    Backward saves x only (plus, for a trainable scale, the output: its gradient is
-    Σ_rows g ⊙ (out − b) / scale, and the output of v_proj is the tensor attention keeps anyway),
-    recomputes W and A·x, and computes grad x by one GEMM with W and grad A, grad B by four r-thin
-    GEMMs (laid out r × rows) — never W0's out × in weight gradient. At init (B = 0, scale = 1) W is W0 bit for bit.
+    Backward saves x only, recomputes W, and computes grad x by one GEMM with W and grad A, grad B by
+    r-thin GEMMs (`low_rank_grads`) — never W0's out × in weight gradient. At init (B = 0) W is W0 bit
+    for bit. 8M bbb 16×55: LoRA step 1.08 → 0.99 of the frozen forward + backward.
     """
 
     @staticmethod
-    def forward(ctx, x, w0, bias, down, up, scaling, scale):
-        weight = _fused_weight(w0, down, up, scaling, scale)
-        out = F.linear(x, weight, bias)
+    def forward(ctx, x, w0, bias, down, up, scaling):
         ctx.scaling = scaling
-        keep_out = scale is not None and scale.requires_grad
-        ctx.save_for_backward(x, w0, bias, down, up, scale, out if keep_out else None)
-        return out
+        ctx.save_for_backward(x, w0, down, up)
+        return F.linear(x, torch.addmm(w0, up, down, alpha=scaling), bias)
 
     @staticmethod
     def backward(ctx, grad):
-        x, w0, bias, down, up, scale, out = ctx.saved_tensors
-        s = ctx.scaling
+        x, w0, down, up = ctx.saved_tensors
         g = grad.reshape(-1, grad.shape[-1])
         rows = x.reshape(-1, x.shape[-1])
-        grad_x = grad_down = grad_up = grad_scale = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (g @ _fused_weight(w0, down, up, s, scale)).view_as(x)
-        # the r-thin products as r × rows (A·xᵀ, Bᵀ·gᵀ): ~2× faster on the CPU than rows × r
-        up_scaled = up if scale is None else up * scale[:, None]
-        if ctx.needs_input_grad[3]:
-            grad_down = (up_scaled.T @ g.T) @ rows * s
-        if ctx.needs_input_grad[4]:
-            grad_up = (down @ rows.T @ g).T * (s if scale is None else s * scale[:, None])
-        if out is not None:
-            weighted = (g * out.reshape(g.shape)).sum(0)
-            grad_scale = (weighted if bias is None else weighted - bias * g.sum(0)) / scale
-        return grad_x, None, None, grad_down, grad_up, None, grad_scale
+        grad_x = (g @ torch.addmm(w0, up, down, alpha=ctx.scaling)).view_as(x) if ctx.needs_input_grad[0] else None
+        grad_down, grad_up = low_rank_grads(g, rows, down, up, ctx.scaling, ctx.needs_input_grad[3:5])
+        return grad_x, None, None, grad_down, grad_up, None
 
 
-def _fused_weight(w0, down, up, scaling, scale):
-    weight = torch.addmm(w0, up, down, alpha=scaling)
-    return weight if scale is None else weight * scale[:, None]
+def low_rank_grads(g: torch.Tensor, rows: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scaling: float,
+                   needed=(True, True), row_scale: torch.Tensor | None = None):
+    """∂L/∂A, ∂L/∂B of out = x·(diag(row_scale)·s·B·A)ᵀ from the output gradient `g` and inputs `rows`.
+
+    The r-thin products are laid out r × rows (A·xᵀ, Bᵀ·gᵀ): ~2× faster on the CPU than rows × r.
+    """
+    up_scaled = up if row_scale is None else up * row_scale[:, None]
+    grad_down = (up_scaled.T @ g.T) @ rows * scaling if needed[0] else None
+    grad_up = None
+    if needed[1]:
+        grad_up = (down @ rows.T @ g).T * (scaling if row_scale is None else scaling * row_scale[:, None])
+    return grad_down, grad_up
 
 
 register_method(linear_method("lora", LoRALinear, settings=LOW_RANK_SETTINGS))
