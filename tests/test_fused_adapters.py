@@ -58,12 +58,15 @@ def test_fused_gradients_pass_gradcheck(method):
     down = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     up = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     if method == "lora":
-        assert torch.autograd.gradcheck(lambda x, d, u: fused_low_rank_linear(x, base, d, u, 2.0), (x, down, up))
+        function = lambda x, d, u: fused_low_rank_linear(x, base, d, u, 2.0)  # noqa: E731
+        assert torch.autograd.gradcheck(function, (x, down, up))
+        assert torch.autograd.gradgradcheck(function, (x, down, up))  # BiDoRA's exact mixed derivatives
         return
     magnitude = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
+    function = lambda x, d, u, m: _FusedDoRA.apply(x, base.weight, base.bias, d, u, m, 2.0, False)  # noqa: E731
+    assert torch.autograd.gradgradcheck(function, (x, down, up, magnitude))  # BiDoRA's exact mixed derivatives
     magnitude.data[1] = 0.0  # a zero magnitude takes its own branch
-    assert torch.autograd.gradcheck(
-        lambda x, d, u, m: _FusedDoRA.apply(x, base.weight, base.bias, d, u, m, 2.0, False), (x, down, up, magnitude))
+    assert torch.autograd.gradcheck(function, (x, down, up, magnitude))
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])

@@ -139,7 +139,7 @@ class _FusedDoRA(torch.autograd.Function):
         if bias is not None:
             weighted = weighted - bias * g.sum(0)
         zero = magnitude == 0  # there out − b carries no V·x: take it directly
-        grad_magnitude = weighted / magnitude
+        grad_magnitude = weighted / torch.where(zero, 1, magnitude)  # (no 0/0 in a double backward)
         if zero.any():
             grad_magnitude[zero] = (g[:, zero] * (rows @ direction[zero].T)).sum(0) / norm[zero]
         if not ctx.detach:
