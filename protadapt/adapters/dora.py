@@ -122,31 +122,44 @@ class _FusedDoRA(torch.autograd.Function):
         direction, norm = _direction(w0, down, up, scaling)
         ctx.scaling, ctx.detach = scaling, detach
         out = F.linear(x, direction * (magnitude / norm)[:, None], bias)
-        ctx.save_for_backward(x, w0, bias, down, up, magnitude, out)
+        # the output only for ∂L/∂m and ∂L/∂‖V‖: not when m is frozen (BiDoRA's lower step, retrain) and ‖V‖ detached
+        keep = magnitude.requires_grad or (not detach and (down.requires_grad or up.requires_grad))
+        ctx.save_for_backward(x, w0, bias, down, up, magnitude, out if keep else None)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         x, w0, bias, down, up, magnitude, out = ctx.saved_tensors
-        s = ctx.scaling
+        s, needed = ctx.scaling, ctx.needs_input_grad
         direction, norm = _direction(w0, down, up, s)
         scale = magnitude / norm
         g = grad.reshape(-1, grad.shape[-1])
         rows = x.reshape(-1, x.shape[-1])
-        grad_x = (g @ (direction * scale[:, None])).view_as(x) if ctx.needs_input_grad[0] else None
-        grad_down, grad_up = low_rank_grads(g, rows, down, up, s, (True, True), scale)
-        weighted = (g * out.reshape(g.shape)).sum(0)  # scale ⊙ Σ_rows g ⊙ (V·x)
-        if bias is not None:
-            weighted = weighted - bias * g.sum(0)
-        zero = magnitude == 0  # there out − b carries no V·x: take it directly
-        grad_magnitude = weighted / torch.where(zero, 1, magnitude)  # (no 0/0 in a double backward)
-        if zero.any():
-            grad_magnitude[zero] = (g[:, zero] * (rows @ direction[zero].T)).sum(0) / norm[zero]
-        if not ctx.detach:
-            coefficient = -weighted / norm.square()  # ∂L/∂‖v_i‖ / ‖v_i‖
-            grad_down = grad_down + s * (coefficient[:, None] * up).T @ direction
-            grad_up = grad_up + s * coefficient[:, None] * (direction @ down.T)
+        grad_x = (g @ (direction * scale[:, None])).view_as(x) if needed[0] else None
+        grad_down, grad_up = low_rank_grads(g, rows, down, up, s, needed[3:5], scale)
+        grad_magnitude = None
+        if out is not None:
+            weighted = (g * out.reshape(g.shape)).sum(0)  # scale ⊙ Σ_rows g ⊙ (V·x)
+            if bias is not None:
+                weighted = weighted - bias * g.sum(0)
+            if needed[5]:
+                grad_magnitude = _magnitude_grad(weighted, magnitude, g, rows, direction, norm)
+            if not ctx.detach:
+                coefficient = -weighted / norm.square()  # ∂L/∂‖v_i‖ / ‖v_i‖
+                if needed[3]:
+                    grad_down = grad_down + s * (coefficient[:, None] * up).T @ direction
+                if needed[4]:
+                    grad_up = grad_up + s * coefficient[:, None] * (direction @ down.T)
         return grad_x, None, None, grad_down, grad_up, grad_magnitude, None, None
+
+
+def _magnitude_grad(weighted, magnitude, g, rows, direction, norm) -> torch.Tensor:
+    """∂L/∂m = Σ_rows g ⊙ (V·x) / ‖V‖ = weighted / m; a zero m's row takes V·x directly."""
+    zero = magnitude == 0
+    grad = weighted / torch.where(zero, 1, magnitude)  # (no 0/0 in a double backward)
+    if zero.any():
+        grad[zero] = (g[:, zero] * (rows @ direction[zero].T)).sum(0) / norm[zero]
+    return grad
 
 
 def _direction(w0: torch.Tensor, down: torch.Tensor, up: torch.Tensor, scaling: float):
