@@ -75,36 +75,68 @@ class DoRALinear(LoRALinear, DecomposedLinear):
         return (self.base_layer.weight + self.delta_weight()) * self.scale().unsqueeze(NORM_DIM)
 
     def orthogonality_penalty(self) -> torch.Tensor:
-        """‖D̂·D̂ᵀ − I‖_F over the unit direction rows D̂ (BiDoRA's regulariser R).
+        """‖D̂·D̂ᵀ − I‖_F over the unit direction rows D̂ (BiDoRA's regulariser R); see `orthogonality_penalties`."""
+        return orthogonality_penalties([self])[0]
 
-        diag(D̂D̂ᵀ) = 1, so ‖D̂D̂ᵀ − I‖²_F = ‖D̂D̂ᵀ‖²_F − out. With V·Vᵀ = K + Q·S·Qᵀ (K = W0·W0ᵀ
-        constant, Q = [W0·Aᵀ | B], S = [[0, s], [s, s²·A·Aᵀ]]) and μ_i = 1/‖v_i‖²,
-            ‖D̂D̂ᵀ‖²_F = μᵀ(K∘K)μ + 2·tr(S·(μQ)ᵀK(μQ)) + tr((S·Qᵀ·diag(μ)·Q)²),
-        so the trainable part costs out²·2r and no out × out tensor enters the graph: R is ~3× cheaper
-        than through the Gram matrix of D̂ (benchmarks/results/train_step.md). When out > in, the
-        in × in Gram matrix is the smaller one and is used directly.
-        """
-        w0, down, up, s = self.base_layer.weight, self.down, self.up, self.scaling
-        rows = w0.shape[0]
-        if rows > w0.shape[1]:
-            direction = w0 + self.delta_weight()
+
+def mean_orthogonality_penalty(layers: list) -> torch.Tensor:
+    """The mean R over DoRA layers (BiDoRA's regulariser): layers of one shape go through one batched set of
+    products, ~25 small ops per layer → per shape (8M: 24 layers, R fwd + bwd ~3× cheaper)."""
+    return orthogonality_penalties(layers).mean() if layers else torch.zeros(())
+
+
+def orthogonality_penalties(layers: list[DoRALinear]) -> torch.Tensor:
+    """R of each layer, in order. Layers with out > in take the in × in Gram matrix of D̂ directly (the
+    smaller one); the rest are grouped by shape, scaling, dtype and device for `_batched_penalty`."""
+    penalties: list = [None] * len(layers)
+    groups: dict[tuple, list[int]] = {}
+    for index, layer in enumerate(layers):
+        w0 = layer.base_layer.weight
+        if w0.shape[0] > w0.shape[1]:
+            direction = w0 + layer.delta_weight()
             unit = direction / direction.norm(dim=NORM_DIM, keepdim=True)
-            return ((unit.T @ unit).pow(2).sum() - rows).clamp_min(0).sqrt()
-        with torch.no_grad():
-            base_gram = w0 @ w0.T
-            base_gram_sq = base_gram.square()
-        inverse_sq = 1 / self._direction_norm_sq()  # μ
-        q = torch.cat([w0 @ down.T, up], dim=1)  # out × 2r
-        rank = down.shape[0]
-        eye = torch.eye(rank, dtype=w0.dtype, device=w0.device)
-        core = torch.cat([torch.cat([torch.zeros_like(eye), s * eye], 1),
-                          torch.cat([s * eye, (s * s) * (down @ down.T)], 1)], 0)  # S, symmetric 2r × 2r
-        weighted = q * inverse_sq[:, None]  # diag(μ)·Q
-        constant = inverse_sq @ (base_gram_sq @ inverse_sq)
-        mixed = 2 * (core * (weighted.T @ (base_gram @ weighted))).sum()  # tr(S·M) = Σ S∘M, both symmetric
-        small = core @ (q.T @ weighted)  # S·Qᵀ·diag(μ)·Q
-        low_rank = (small * small.T).sum()  # tr(X²) = Σ X∘Xᵀ
-        return (constant + mixed + low_rank - rows).clamp_min(0).sqrt()
+            penalties[index] = ((unit.T @ unit).pow(2).sum() - w0.shape[0]).clamp_min(0).sqrt()
+        else:
+            key = (tuple(w0.shape), layer.down.shape[0], layer.scaling, w0.dtype, w0.device)
+            groups.setdefault(key, []).append(index)
+    for indices in groups.values():
+        group = [layers[i] for i in indices]
+        for index, penalty in zip(indices, _batched_penalty(group).unbind()):
+            penalties[index] = penalty
+    return torch.stack(penalties)
+
+
+def _batched_penalty(layers: list[DoRALinear]) -> torch.Tensor:
+    """R for layers of one shape (out ≤ in), stacked: ‖D̂D̂ᵀ − I‖²_F = ‖D̂D̂ᵀ‖²_F − out since diag(D̂D̂ᵀ) = 1.
+
+    With V·Vᵀ = K + Q·S·Qᵀ (K = W0·W0ᵀ constant, Q = [W0·Aᵀ | B], S = [[0, s], [s, s²·A·Aᵀ]]) and
+    μ_i = 1/‖v_i‖²,  ‖D̂D̂ᵀ‖²_F = μᵀ(K∘K)μ + 2·tr(S·(μQ)ᵀK(μQ)) + tr((S·Qᵀ·diag(μ)·Q)²),
+    so the trainable part costs out²·2r and no out × out tensor enters the graph: R is ~3× cheaper
+    than through the Gram matrix of D̂ (benchmarks/results/train_step.md).
+    """
+    s = layers[0].scaling
+    with torch.no_grad():
+        w0 = torch.stack([layer.base_layer.weight for layer in layers])  # L × out × in
+        base_gram = w0 @ w0.transpose(1, 2)
+        base_gram_sq = base_gram.square()
+        base_row_sq = w0.pow(2).sum(2)
+    down = torch.stack([layer.down for layer in layers])  # L × r × in
+    up = torch.stack([layer.up for layer in layers])  # L × out × r
+    projected = w0 @ down.transpose(1, 2)  # W0·Aᵀ, L × out × r
+    down_gram = down @ down.transpose(1, 2)  # A·Aᵀ
+    norm_sq = base_row_sq + 2 * s * (up * projected).sum(2) + s * s * ((up @ down_gram) * up).sum(2)
+    inverse_sq = 1 / norm_sq  # μ, L × out
+    q = torch.cat([projected, up], dim=2)  # L × out × 2r
+    rank = down.shape[1]
+    eye = torch.eye(rank, dtype=w0.dtype, device=w0.device).expand(len(layers), rank, rank)
+    core = torch.cat([torch.cat([torch.zeros_like(eye), s * eye], 2),
+                      torch.cat([s * eye, (s * s) * down_gram], 2)], 1)  # S, symmetric, L × 2r × 2r
+    weighted = q * inverse_sq[:, :, None]  # diag(μ)·Q
+    constant = (inverse_sq[:, None, :] @ (base_gram_sq @ inverse_sq[:, :, None])).flatten()
+    mixed = 2 * (core * (weighted.transpose(1, 2) @ (base_gram @ weighted))).sum((1, 2))  # tr(S·M) = Σ S∘M
+    small = core @ (q.transpose(1, 2) @ weighted)  # S·Qᵀ·diag(μ)·Q
+    low_rank = (small * small.transpose(1, 2)).sum((1, 2))  # tr(X²) = Σ X∘Xᵀ
+    return (constant + mixed + low_rank - w0.shape[1]).clamp_min(0).sqrt()
 
 
 class _FusedDoRA(torch.autograd.Function):
