@@ -48,24 +48,25 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
+def time_call(fn: Callable[[], object], device: torch.device, clock: Callable[[], float] = time.perf_counter) -> float:
     synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def interleaved(candidates: dict[str, Callable[[], object]], device: torch.device, repeats: int = 5,
-                warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each candidate, run in turn (A, B, A, B, …) after warm-up."""
+                warmup: int = 1, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds per call of each candidate, run in turn (A, B, A, B, …) after warm-up; `clock`:
+    wall time by default, `time.process_time` for the work done on a loaded CPU."""
     for _ in range(warmup):
         for fn in candidates.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
-            times[name].append(time_call(fn, device))
+            times[name].append(time_call(fn, device, clock))
     return {name: statistics.median(values) for name, values in times.items()}
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from protadapt.adapters import AdapterConfig, AdapterError, DecomposedLinear, Method, adapter_state_dict, apply_method, \
     get_method, linear_adapters
 from protadapt.adapters.base import load_state_exact, load_tensors, save_tensors
+from protadapt.adapters.dora import mean_orthogonality_penalty
 from protadapt.backbones import Architecture, Backbone, load_backbone, rebuild
 from protadapt.heads import Head, HeadConfig, pool
 from protadapt.rundir import check_complete
@@ -68,8 +69,7 @@ class ProteinPredictor(nn.Module):
         return [p for p in self.parameters() if p.requires_grad and id(p) not in magnitudes]
 
     def orthogonality_penalty(self) -> torch.Tensor:
-        penalties = [layer.orthogonality_penalty() for layer in self.decomposed_layers()]
-        return torch.stack(penalties).mean() if penalties else torch.zeros(())
+        return mean_orthogonality_penalty(self.decomposed_layers())  # one batched pass per layer shape
 
     # ------------------------------------------------------------ save / load
 

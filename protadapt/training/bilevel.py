@@ -74,9 +74,10 @@ class BiDoRAModule(PredictorModule):
         # at the V the lower step has just produced.
         reuse = upper_now and self.bilevel.hypergradient in ("darts_one_sided", "darts_unrolled")
         noise_seed = new_noise_seed() if reuse else None
-        with same_noise(noise_seed) if reuse else contextlib.nullcontext():
-            lower_loss = self.lower_objective(inner_train)
         centre_wanted = reuse and self.bilevel.hypergradient == "darts_one_sided"
+        lower = lambda: self.lower_objective(inner_train)  # noqa: E731
+        with same_noise(noise_seed) if reuse else contextlib.nullcontext():
+            lower_loss = lower() if centre_wanted else graph_only_for(lower, directions, self.predictor)()
         grads = torch.autograd.grad(lower_loss, directions + magnitudes if centre_wanted else directions)
         lower_grads, centre = list(grads[: len(directions)]), list(grads[len(directions):]) or None
         hyper = self.hypergradient(inner_train, inner_val, lower_opt.param_groups[0]["lr"], lower_grads, centre,
@@ -101,10 +102,13 @@ class BiDoRAModule(PredictorModule):
         # only. R is a function of the directions alone (D̂ = V/‖V‖ has no m in it), so ∇_M R = 0
         # and those passes need the task term alone: one R evaluation fewer per pass, same numbers
         # (tests/test_bilevel.py checks the two are equal).
-        task: Loss = lambda: self.loss(self(inner_train["tokens"]), inner_train["labels"])  # noqa: E731
+        # They need ∇_M alone: built with every other parameter frozen, their backward computes no
+        # direction or head weight gradient (tests/test_bilevel.py: the estimators' numbers unchanged).
+        task: Loss = graph_only_for(lambda: self.loss(self(inner_train["tokens"]), inner_train["labels"]),
+                                    magnitudes, self.predictor)
         kind = self.bilevel.hypergradient
         if kind == "first_order":
-            return first_order_hypergradient(upper, magnitudes)
+            return first_order_hypergradient(graph_only_for(upper, magnitudes, self.predictor), magnitudes)
         if kind == "darts":
             return darts_hypergradient(task, upper, directions, magnitudes)
         if kind == "darts_one_sided":
@@ -139,6 +143,22 @@ class RetrainModule(PredictorModule):
 def with_orthogonality(loss: torch.Tensor, predictor: ProteinPredictor, weight: float) -> torch.Tensor:
     """loss + λ·R(V), R the mean orthogonality penalty of the DoRA layers (methods.md); λ = 0: loss."""
     return loss + weight * predictor.orthogonality_penalty() if weight else loss
+
+
+def graph_only_for(loss: Loss, wanted: list[nn.Parameter], module: nn.Module) -> Loss:
+    """`loss` evaluated with every other trainable parameter of `module` frozen while it runs, so its
+    graph — and the backward through it — reaches `wanted` only: no weight gradients for the rest."""
+    def run() -> torch.Tensor:
+        keep = {id(p) for p in wanted}
+        others = [p for p in module.parameters() if p.requires_grad and id(p) not in keep]
+        for parameter in others:
+            parameter.requires_grad_(False)
+        try:
+            return loss()
+        finally:
+            for parameter in others:
+                parameter.requires_grad_(True)
+    return run
 
 
 # ---------------------------------------------------------------- hypergradient estimators
