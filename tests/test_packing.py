@@ -140,3 +140,15 @@ def test_packing_setting_resolves_per_device_and_refuses_unknown_values():
     assert set(PACKINGS) >= {"off", "on", "auto"}
     with pytest.raises(ValueError, match="data.packing must be one of"):
         attention_for("yes", "cpu")
+
+
+@pytest.mark.parametrize("packing", ["off", "loop"])
+def test_training_after_an_inference_mode_forward_of_the_same_length(packing):
+    """fair-esm's rotary tables cached under inference_mode (prediction, validation) must not reach backward."""
+    model = predictor("lora")
+    model.backbone.packing = packing
+    tokens = tokens_for(model.backbone)
+    with torch.inference_mode():
+        model(tokens)
+    loss, grads = step(model, tokens)
+    assert torch.isfinite(loss) and grads["head.layers.1.weight"].abs().max() > 0

@@ -148,12 +148,21 @@ def self_attention(attn: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor 
     def split(t: torch.Tensor) -> torch.Tensor:  # (T, B, E) -> (B·H, T, d), fair-esm's layout
         return t.reshape(length, batch * heads, head_dim).transpose(0, 1)
 
+    forget_inference_tables(attn.rot_emb)
     q, k = attn.rot_emb(split(attn.q_proj(x) * attn.scaling), split(attn.k_proj(x)))
     v = split(attn.v_proj(x))
     q, k, v = (t.reshape(batch, heads, length, head_dim) for t in (q, k, v))
     mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
     return attn.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, width))
+
+
+def forget_inference_tables(rotary: nn.Module) -> None:
+    """fair-esm caches its rotary cos/sin per length; tables made under `inference_mode` (prediction,
+    Lightning's validation) cannot be saved for a later backward at the same length, so drop them."""
+    cached = rotary._cos_cached
+    if cached is not None and cached.is_inference() and not torch.is_inference_mode_enabled():
+        rotary._seq_len_cached = None
 
 
 def build_esm(architecture: Architecture) -> tuple[nn.Module, esm.data.Alphabet]:

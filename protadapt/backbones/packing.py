@@ -57,10 +57,11 @@ class PackedLayout:
         counts = keep.sum(1)
         offsets = F.pad(counts.cumsum(0), (1, 0))
         positions = torch.arange(int(keep.shape[1]), device=keep.device).expand_as(keep)[keep]
-        # fair-esm's own tables (computed for the longest row), indexed by each token's position
-        cos, sin = rotary._update_cos_sin_tables(keep.new_empty(0, keep.shape[1]), seq_dimension=1)
-        layout = cls(keep, offsets, counts.tolist(), cos[0][positions].unsqueeze(1), sin[0][positions].unsqueeze(1),
-                     attention)
+        # fair-esm's `_update_cos_sin_tables` arithmetic per token position (its cache is left alone:
+        # tables made under inference_mode there would break a later backward)
+        freqs = positions.type_as(rotary.inv_freq)[:, None] * rotary.inv_freq[None, :]
+        angles = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+        layout = cls(keep, offsets, counts.tolist(), angles.cos(), angles.sin(), attention)
         layout.block_mask = MASKS.get(attention, lambda _: None)(layout)
         return layout
 
