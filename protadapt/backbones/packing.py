@@ -91,14 +91,14 @@ def packed_attention(attn: nn.Module, x: torch.Tensor, layout: PackedLayout) -> 
     length, width = x.shape
     heads, head_dim = attn.num_heads, attn.head_dim
 
-    def split(t: torch.Tensor) -> torch.Tensor:  # [L, E] -> [H, L, d]
-        return t.reshape(length, heads, head_dim).transpose(0, 1)
+    def split(t: torch.Tensor) -> torch.Tensor:  # [L, E] -> [1, H, L, d]: SDPA's fused CPU kernel wants 4-D
+        return t.reshape(1, length, heads, head_dim).transpose(1, 2)
 
     q = split(rotate(attn.q_proj(x) * attn.scaling, layout, heads, head_dim))
     k = split(rotate(attn.k_proj(x), layout, heads, head_dim))
     v = split(attn.v_proj(x))
-    out = ATTENTION[layout.attention](q, k, v, layout)  # [H, L, d]
-    return attn.out_proj(out.transpose(0, 1).reshape(length, width))
+    out = ATTENTION[layout.attention](q, k, v, layout)  # [1, H, L, d]
+    return attn.out_proj(out[0].transpose(0, 1).reshape(length, width))
 
 
 def rotate(t: torch.Tensor, layout: PackedLayout, heads: int, head_dim: int) -> torch.Tensor:
@@ -115,9 +115,9 @@ def rotate(t: torch.Tensor, layout: PackedLayout, heads: int, head_dim: int) -> 
 def loop_attention(q, k, v, layout: PackedLayout) -> torch.Tensor:
     """One unmasked SDPA per sequence: exact, no mask, a Python loop of N calls per layer."""
     bounds = layout.offsets.tolist()
-    parts = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], scale=1.0)
+    parts = [F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=1.0)
              for a, b in zip(bounds[:-1], bounds[1:])]
-    return torch.cat(parts, dim=1)
+    return torch.cat(parts, dim=2)
 
 
 def mask_attention(q, k, v, layout: PackedLayout) -> torch.Tensor:
@@ -127,20 +127,20 @@ def mask_attention(q, k, v, layout: PackedLayout) -> torch.Tensor:
 
 def nested_attention(q, k, v, layout: PackedLayout) -> torch.Tensor:
     """SDPA on jagged nested tensors (varlen flash/efficient kernels on CUDA)."""
-    def jagged(t):  # [H, L, d] -> nested [N, H, j, d]
-        return torch.nested.nested_tensor_from_jagged(t.transpose(0, 1), layout.offsets).transpose(1, 2)
+    def jagged(t):  # [1, H, L, d] -> nested [N, H, j, d]
+        return torch.nested.nested_tensor_from_jagged(t[0].transpose(0, 1), layout.offsets).transpose(1, 2)
 
     with warnings.catch_warnings():  # torch's CPU fallback warns that the strided layout it uses is a prototype
         warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
         out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), scale=1.0)
-    return out.transpose(1, 2).values().transpose(0, 1)
+    return out.transpose(1, 2).values().transpose(0, 1)[None]
 
 
 def flex_attention(q, k, v, layout: PackedLayout) -> torch.Tensor:
     """torch's FlexAttention with a document block mask: fully masked 128-blocks are skipped."""
     from torch.nn.attention.flex_attention import flex_attention as flex
 
-    return _compiled(flex)(q[None], k[None], v[None], block_mask=layout.block_mask, scale=1.0)[0]
+    return _compiled(flex)(q, k, v, block_mask=layout.block_mask, scale=1.0)
 
 
 ATTENTION = {"loop": loop_attention, "mask": mask_attention, "nested": nested_attention, "flex": flex_attention}
