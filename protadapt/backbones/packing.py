@@ -114,10 +114,9 @@ def rotate(t: torch.Tensor, layout: PackedLayout, heads: int, head_dim: int) -> 
 
 def loop_attention(q, k, v, layout: PackedLayout) -> torch.Tensor:
     """One unmasked SDPA per sequence: exact, no mask, a Python loop of N calls per layer."""
-    bounds = layout.offsets.tolist()
-    parts = [F.scaled_dot_product_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], scale=1.0)
-             for a, b in zip(bounds[:-1], bounds[1:])]
-    return torch.cat(parts, dim=2)
+    # `split`, not slicing: its backward is one cat, where each slice's would fill a zero [L] gradient
+    parts = zip(*(t.split(layout.lengths, dim=2) for t in (q, k, v)))
+    return torch.cat([F.scaled_dot_product_attention(*qkv, scale=1.0) for qkv in parts], dim=2)
 
 
 def mask_attention(q, k, v, layout: PackedLayout) -> torch.Tensor:
