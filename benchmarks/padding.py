@@ -129,7 +129,8 @@ def residues_per_second(build, model) -> float:
 
 
 def header(args, load_before, load_after) -> str:
-    command = " ".join(["python -m benchmarks.padding", *sys.argv[1:]])
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    command = threads + " ".join(["python -m benchmarks.padding", *sys.argv[1:]])
     return "\n".join([
         "# Padding: length-bucketed vs naive batching, packed vs bucketed batches",
         "",
@@ -139,6 +140,7 @@ def header(args, load_before, load_after) -> str:
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
         f"Load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
         "(a shared machine: other jobs ran at the same time; candidates were interleaved round by round)",
+        "",
         "",
     ])
 
@@ -169,6 +171,7 @@ def format_naive(args, n_train, n_subset, padding, tokenise, forward) -> str:
         f"a seeded random subset of {n_subset} proteins, mean of {args.repeats} repeats. "
         f"Bucketed is {speedup:.2f}x the naive throughput there.",
         "Padding fraction = padding tokens / all tokens of the token tensors (BOS/EOS count as non-padding).",
+        "",
         "",
     ]
     return "\n".join(lines)
