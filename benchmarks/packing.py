@@ -136,6 +136,9 @@ def format_section(rows: list[dict], args, device: torch.device) -> str:
                         else "not timed (L²)" for n in args.attentions],
                       "padded" if fastest == "off" else fastest, f"{row['diff']:.1e}"])
     auto = attention_for("auto", device.type)
+    cuda = "" if device.type == "cuda" else (
+        f" On CUDA `auto` resolves to {attention_for('auto', 'cuda')}: the expected winner (varlen kernels), "
+        "unmeasured until the GPU run (`bash benchmarks/gpu.sh` writes padding_cuda.md).")
     return "\n".join([
         f"## Packed (padding-free) vs length-bucketed batches ({device.type})",
         "",
@@ -149,6 +152,6 @@ def format_section(rows: list[dict], args, device: torch.device) -> str:
         markdown_table(header, table),
         "",
         f"`data.packing=auto` on {device.type} resolves to: {auto or 'padded (length buckets)'} "
-        f"(protadapt/backbones/packing.py `AUTO` = {AUTO}).",
+        f"(protadapt/backbones/packing.py `AUTO` = {AUTO}).{cuda}",
         "",
     ])
