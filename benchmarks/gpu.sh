@@ -19,6 +19,7 @@ if [ "$DEVICE" = cpu ]; then
     python -m benchmarks.dora_norm --device cpu --quick --repeats 1
     python -m benchmarks.predict_throughput --device cpu --n 8 --batch-size 4 --repeats 1
     python -m benchmarks.vs_peft --device cpu --archs 8M --shapes 2x16 --methods LoRA --repeats 1 --no-memory
+    python -m benchmarks.padding --device cpu --skip-naive --archs tiny --tasks mic --batches 1 --rounds 1 --attentions loop nested
 else
     export PROTADAPT_RESULTS_DIR="${PROTADAPT_RESULTS_DIR:-benchmarks/results}"
     python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
@@ -31,6 +32,8 @@ else
     python -m benchmarks.dora_norm --device cuda --repeats 5
     python -m benchmarks.train_step --device cuda --skip-fit --repeats 3
     python -m benchmarks.train_step --device cuda --backbone esm2_t33_650M_UR50D --skip-fit --repeats 2
+    # padded (length buckets) vs packed: decides data.packing=auto on CUDA (backbones/packing.py AUTO)
+    python -m benchmarks.padding --device cuda --archs 8M 35M 650M --batches 4 8 --rounds 5 --attentions loop nested mask flex
 fi
 echo "results in $PROTADAPT_RESULTS_DIR"
 if [ -n "${OUT:-}" ]; then cp "$PROTADAPT_RESULTS_DIR"/*"$([ "$DEVICE" = cpu ] || echo _cuda)"*.md "$OUT"/; fi

@@ -1,13 +1,21 @@
-"""Padding and throughput of length-bucketed vs naive (random-order) batching.
+"""Padding and throughput of length-bucketed vs naive (random-order) batching, and packed
+(padding-free) batches vs the length buckets.
 
     python -m benchmarks.padding [--batch-size 16] [--subset 256] [--repeats 2] [--arch tiny|8M] [--data-dir DIR]
+        [--device cpu|cuda] [--tasks thermostability mic] [--archs 8M 35M] [--batches 1 4] [--rounds 3]
+        [--attentions loop nested mask] [--skip-naive]
 
 Data: the thermostability training set (1768 proteins, 250-550 residues). Padding fraction is
 measured over the whole set (five seeds); throughput is residues per second of tokenisation
 (loader with collation) alone over the whole set, and of tokenisation + forward pass of a
 random-init ESM-2 (``tiny``: ``ESM2(2, 32, 4)``, default, as CPU time is scarce; ``8M``:
 ``ESM2(6, 320, 20)``) under ``torch.inference_mode`` over a seeded random subset, repeated with
-the two strategies interleaved. Writes benchmarks/results/padding.md.
+the two strategies interleaved.
+
+Packed vs bucketed (benchmarks/packing.py): the first batches of the training loader (the length
+buckets) run padded, and packed with each block-diagonal attention; forward and LoRA
+forward+backward, process CPU time (wall time synchronised on CUDA) in interleaved rounds.
+Writes benchmarks/results/padding.md (`padding_cuda.md` with `--device cuda`, packed part only).
 """
 
 from __future__ import annotations
@@ -16,9 +24,9 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import esm
 import numpy as np
@@ -26,7 +34,8 @@ import torch
 from esm.model.esm2 import ESM2
 from torch.utils.data import DataLoader
 
-from benchmarks.common import REPO, RESULTS_DIR
+from benchmarks import packing
+from benchmarks.common import REPO, RESULTS_DIR, cpu_model, environment_line
 from protadapt.data.datamodule import ProteinDataset, make_loader
 from protadapt.data.tasks import DATA_DIR_ENV, get_task
 
@@ -38,11 +47,22 @@ ARCHITECTURES = {"tiny": (2, 32, 4), "8M": (6, 320, 20)}  # num_layers, embed_di
 def main() -> None:
     args = parse_args()
     alphabet = esm.data.Alphabet.from_architecture("ESM-1b")
+    load_before = os.getloadavg()
+    naive = "" if args.skip_naive or args.device != "cpu" else naive_section(args, alphabet)
+    packed = packing.section(args, alphabet)
+    report = header(args, load_before, os.getloadavg()) + naive + packed
+    results = RESULTS if args.device == "cpu" else RESULTS.with_name(f"padding_{torch.device(args.device).type}.md")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(report)
+    print(report)
+
+
+def naive_section(args, alphabet) -> str:
+    """Bucketed vs naive batching: padding fraction, tokenisation and tiny/8M forward throughput."""
     frame = get_task("thermostability").load(args.data_dir)
     train = frame[frame["split"] == "train"].reset_index(drop=True)
     subset = train.sample(n=min(args.subset, len(train)), random_state=0).reset_index(drop=True)
     loaders = {"bucketed": bucketed_loader, "naive": naive_loader}
-    load_before = os.getloadavg()
 
     padding = {name: [padding_fraction(build(train, alphabet, args.batch_size, seed), alphabet) for seed in SEEDS]
                for name, build in loaders.items()}
@@ -57,10 +77,7 @@ def main() -> None:
             forward[name].append(residues_per_second(lambda: build(subset, alphabet, args.batch_size, repeat), model))
             print(f"repeat {repeat} {name}: tokenise {tokenise[name][-1]:,.0f}/s, +forward {forward[name][-1]:,.0f}/s", flush=True)
 
-    report = format_report(args, len(train), len(subset), padding, tokenise, forward, load_before, os.getloadavg())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(report)
-    print(report)
+    return format_naive(args, len(train), len(subset), padding, tokenise, forward)
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,6 +87,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="tiny", help="random-init ESM-2 for the forward timing")
     parser.add_argument("--data-dir", default=None, help=f"default: ${DATA_DIR_ENV}, else ../shared/data beside the repo")
+    parser.add_argument("--skip-naive", action="store_true", help="only the packed-vs-bucketed section")
+    packing.add_arguments(parser)
     args = parser.parse_args()
     shared = REPO.parent / "shared" / "data"
     if args.data_dir is None and not os.environ.get(DATA_DIR_ENV) and shared.is_dir():
@@ -109,28 +128,34 @@ def residues_per_second(build, model) -> float:
     return residues / (time.perf_counter() - start)
 
 
-def format_report(args, n_train, n_subset, padding, tokenise, forward, load_before, load_after) -> str:
+def header(args, load_before, load_after) -> str:
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    command = threads + " ".join(["python -m benchmarks.padding", *sys.argv[1:]])
+    return "\n".join([
+        "# Padding: length-bucketed vs naive batching, packed vs bucketed batches",
+        "",
+        f"Command: `{command}`",
+        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"Machine: {cpu_model()}, {os.cpu_count()} CPU cores visible; {environment_line(torch.device(args.device))}, "
+        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
+        f"Load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
+        "(a shared machine: other jobs ran at the same time; candidates were interleaved round by round)",
+        "",
+        "",
+    ])
+
+
+def format_naive(args, n_train, n_subset, padding, tokenise, forward) -> str:
     def mean(values):
         return statistics.mean(values)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown")
     speedup = mean(forward["bucketed"]) / mean(forward["naive"])
     lines = [
-        "# Length-bucketed vs naive batching",
-        "",
-        f"Command: `python -m benchmarks.padding --batch-size {args.batch_size} --subset {args.subset} "
-        f"--repeats {args.repeats} --arch {args.arch}`",
-        f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"Machine: {cpu}, {os.cpu_count()} CPU cores visible, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-        f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
-        f"Load average (1 min) before / after: {load_before[0]:.1f} / {load_after[0]:.1f} "
-        "(a shared machine: other jobs ran at the same time, so absolute rates are noisy; the two "
-        "strategies were interleaved repeat by repeat)",
+        "## Length-bucketed vs naive batching",
         "",
         f"Data: thermostability train, {n_train} proteins (250-550 residues); batch size {args.batch_size}. "
         "Bucketed = `make_loader(shuffle=True)`: shuffle, sort by length inside chunks of 16 batches, shuffle "
-        "batch order. Naive = random order, consecutive rows batched.",
+        "batch order. Naive = random order, consecutive rows batched. Throughput in wall-clock residues/s.",
         "",
         f"| strategy | padding fraction (whole set, 5 seeds) | tokenise residues/s (whole set) | tokenise + ESM-2 {args.arch} forward residues/s |",
         "|---|---|---|---|",
@@ -146,6 +171,7 @@ def format_report(args, n_train, n_subset, padding, tokenise, forward, load_befo
         f"a seeded random subset of {n_subset} proteins, mean of {args.repeats} repeats. "
         f"Bucketed is {speedup:.2f}x the naive throughput there.",
         "Padding fraction = padding tokens / all tokens of the token tensors (BOS/EOS count as non-padding).",
+        "",
         "",
     ]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ import yaml
 from protadapt.adapters import AdapterConfig, method_names
 from protadapt.embeddings.cache import CacheConfig
 from protadapt.evaluation.conformal import SCORES
+from protadapt.backbones.packing import PACKINGS
 from protadapt.data.io import CONFLICT_POLICIES, DUPLICATE_ID_POLICIES, PROBLEM_TYPES
 from protadapt.heads import POOLINGS, HeadConfig
 
@@ -49,6 +50,9 @@ class DataConfig:
     duplicate_ids: str = "error"  # repeated ids: error | suffix (id_2, id_3, ...)
     batch_size: int = 16
     num_workers: int = 0
+    # ESM-2 layers padding-free (packed sequences, block-diagonal attention): off | on | auto (what
+    # benchmarks/results/padding.md measured faster per device) | loop | nested | mask | flex (that attention)
+    packing: str = "auto"
 
 
 @dataclass
@@ -207,6 +211,7 @@ def check_choices(config: RunConfig) -> None:
                "uncertainty.set_score": ([config.uncertainty.set_score], SCORES["classification"]),
                "data.conflicts": ([config.data.conflicts], CONFLICT_POLICIES),
                "data.duplicate_ids": ([config.data.duplicate_ids], DUPLICATE_ID_POLICIES),
+               "data.packing": ([config.data.packing], PACKINGS),
                "data.problem_type": ([config.data.problem_type or "classification"], PROBLEM_TYPES),
                "head.problem_type": ([config.head.problem_type], PROBLEM_TYPES)}
     for key, (values, allowed) in choices.items():

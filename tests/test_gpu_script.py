@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED = ["limit.md", "checkpointing.md", "train_step_tiny_cpu.md", "dora_norm.md", "predict_throughput.md",
-            "vs_peft.md"]
+            "vs_peft.md", "padding.md"]
 
 
 @pytest.mark.slow  # six benchmark scripts, each a fresh interpreter with torch and Lightning: minutes on 2 shared cores

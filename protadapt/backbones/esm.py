@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import esm
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from protadapt.backbones.base import Architecture, Backbone, BackboneError, drop_prompt, insert_prompt, register_family
+from protadapt.backbones.packing import attention_for, packed_layers
 from protadapt.files import one_line
 
 FAIR_ESM_URL = "https://dl.fbaipublicfiles.com/fair-esm/models/{name}.pt"
@@ -47,6 +49,7 @@ class ESMBackbone(Backbone):
     ATTENTION_TARGETS = (r"layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",)
     FFN_TARGETS = (r"layers\.\d+\.(fc1|fc2)",)
     MAX_RESIDUES = MAX_RESIDUES
+    packing = "off"  # `data.packing` (off | on | auto), set by the run; packing.attention_for reads it
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """fair-esm's ESM2.forward up to the final layer norm (or `output_layer`), with an optional prompt."""
@@ -55,8 +58,20 @@ class ESMBackbone(Backbone):
 
     def hidden_states(self, tokens: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
         """States after block i for each requested i, as fair-esm's `repr_layers` gives them: 0 the
-        embeddings, the last after the final layer norm, and the blocks in between without it."""
-        model, last = self.model, self.architecture.num_layers
+        embeddings, the last after the final layer norm, and the blocks in between without it.
+        With `packing` the layers run padding-free (packing.py) and padding positions hold zeros."""
+        x, keep, num_prompts = self.embed(tokens)
+        attention = attention_for(self.packing, tokens.device.type)
+        if attention is None:
+            states = self.padded_layers(x, keep, layers)
+        else:
+            states = packed_layers(self, x, keep, layers, attention, transformer_layer)
+        return {depth: drop_prompt(state, num_prompts) for depth, state in states.items()}
+
+    def embed(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """fair-esm's input embeddings `[B, T, E]` (token dropout rescaled per sequence, padding zeroed)
+        with the prompt inserted; `keep` is True at positions that attend and are attended to."""
+        model = self.model
         padding_mask = tokens.eq(model.padding_idx)
         x = model.embed_scale * model.embed_tokens(tokens)
         if model.token_dropout:
@@ -68,7 +83,11 @@ class ESMBackbone(Backbone):
         x = x * (1 - padding_mask.unsqueeze(-1).type_as(x))
         prompt = self._prompt_vectors(x)
         x, keep = insert_prompt(x, ~padding_mask, prompt)
-        num_prompts = 0 if prompt is None else prompt.shape[0]
+        return x, keep, 0 if prompt is None else prompt.shape[0]
+
+    def padded_layers(self, x: torch.Tensor, keep: torch.Tensor, layers: list[int]) -> dict[int, torch.Tensor]:
+        """The layer loop on the padded batch (T × B × E inside, as fair-esm), states `[B, T, E]`."""
+        model, last = self.model, self.architecture.num_layers
         attention_padding = ~keep if (~keep).any() else None
         x = x.transpose(0, 1)
         states = {0: x} if 0 in layers else {}
@@ -76,7 +95,7 @@ class ESMBackbone(Backbone):
             x = self.run_layer(transformer_layer, layer, x, attention_padding)
             if depth in layers:
                 states[depth] = model.emb_layer_norm_after(x) if depth == last else x
-        return {depth: drop_prompt(state.transpose(0, 1), num_prompts) for depth, state in states.items()}
+        return {depth: state.transpose(0, 1) for depth, state in states.items()}
 
     def prompt_init(self, residues: torch.Tensor) -> torch.Tensor:
         """Input embeddings scaled as the first layer sees unmasked tokens (embed_scale, token dropout)."""
@@ -103,15 +122,15 @@ register_family("esm2", ESMBackbone)
 register_family("esm1b", ESM1bBackbone)
 
 
-def transformer_layer(layer: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+def transformer_layer(layer: nn.Module, x: torch.Tensor, padding_mask, attention: Callable | None = None) -> torch.Tensor:
     """fair-esm's pre-norm ESM-2 TransformerLayer, with attention and GELU as fused kernels.
 
     `F.gelu` is the same exact-erf GELU as fair-esm's `x·½(1 + erf(x/√2))` (within 1.5e-6), but one
     kernel that keeps one tensor for backward instead of three: ~8× faster and the FFN's largest
-    activation saving (benchmarks/results/vs_peft.md).
+    activation saving (benchmarks/results/vs_peft.md). `attention`: packing's, with its layout as `padding_mask`.
     """
     residual = x
-    x = residual + self_attention(layer.self_attn, layer.self_attn_layer_norm(x), padding_mask)
+    x = residual + (attention or self_attention)(layer.self_attn, layer.self_attn_layer_norm(x), padding_mask)
     residual = x
     x = layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
     return residual + x
@@ -129,12 +148,21 @@ def self_attention(attn: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor 
     def split(t: torch.Tensor) -> torch.Tensor:  # (T, B, E) -> (B·H, T, d), fair-esm's layout
         return t.reshape(length, batch * heads, head_dim).transpose(0, 1)
 
+    forget_inference_tables(attn.rot_emb)
     q, k = attn.rot_emb(split(attn.q_proj(x) * attn.scaling), split(attn.k_proj(x)))
     v = split(attn.v_proj(x))
     q, k, v = (t.reshape(batch, heads, length, head_dim) for t in (q, k, v))
     mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
     return attn.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, width))
+
+
+def forget_inference_tables(rotary: nn.Module) -> None:
+    """fair-esm caches its rotary cos/sin per length; tables made under `inference_mode` (prediction,
+    Lightning's validation) cannot be saved for a later backward at the same length, so drop them."""
+    cached = rotary._cos_cached
+    if cached is not None and cached.is_inference() and not torch.is_inference_mode_enabled():
+        rotary._seq_len_cached = None
 
 
 def build_esm(architecture: Architecture) -> tuple[nn.Module, esm.data.Alphabet]:

@@ -76,10 +76,11 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
 
 
 def prepare_backbone(module: PredictorModule, config: RunConfig) -> None:
-    """`trainer.checkpointing` and `trainer.compile` on the module's backbone (compiled once, in place:
+    """`trainer.checkpointing`, `data.packing` and `trainer.compile` on the module's backbone (compiled once, in place:
     `nn.Module.compile` keeps the parameter names, so checkpoints and saved adapters are unchanged)."""
     backbone = module.predictor.backbone
     backbone.checkpointing = config.trainer.checkpointing
+    backbone.packing = config.data.packing  # read by ESM-2 backbones (backbones/packing.py), ignored by others
     if config.trainer.compile and getattr(backbone, "_compiled_call_impl", None) is None:
         backbone.compile()
 
