@@ -48,16 +48,8 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
         super().setup_environment()
 
     def shard(self, predictor: nn.Module) -> None:
-        """`fully_shard` each transformer block (one group of its parameter holders), then the predictor;
-        called from `configure_model`."""
-        from torch.distributed.fsdp import FSDPModule, fully_shard
-
-        if isinstance(predictor, FSDPModule):
-            return
-        mesh = self.device_mesh["data_parallel"]
-        for block in transformer_blocks(predictor.backbone):
-            fully_shard(parameter_holders(block), mesh=mesh, mp_policy=self.mp_policy)
-        fully_shard(predictor, mesh=mesh, mp_policy=self.mp_policy)
+        """Called from `configure_model` on every rank."""
+        shard_predictor(predictor, self.device_mesh["data_parallel"], self.mp_policy)
 
     def lightning_module_state_dict(self) -> dict[str, torch.Tensor]:
         """The trainable tensors, gathered whole on every rank (collective); never the frozen backbone."""
@@ -75,6 +67,18 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
 
 def make_strategy(config: RunConfig) -> AdapterFSDPStrategy:
     return AdapterFSDPStrategy(str(config.trainer.precision))
+
+
+def shard_predictor(predictor: nn.Module, mesh, mp_policy=None) -> None:
+    """`fully_shard` each transformer block (one group of its parameter holders), then the predictor."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    if isinstance(predictor, FSDPModule):
+        return
+    mp_policy = mp_policy or MixedPrecisionPolicy()
+    for block in transformer_blocks(predictor.backbone):
+        fully_shard(parameter_holders(block), mesh=mesh, mp_policy=mp_policy)
+    fully_shard(predictor, mesh=mesh, mp_policy=mp_policy)
 
 
 def mixed_precision_policy(precision: str):
