@@ -145,7 +145,7 @@ def two_rank_worker(rank: int, port: int, out: Path) -> None:
     """Shard over 2 ranks, train one step, gather the trainable tensors, unshard; rank 0 saves the run files."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    predictor = tiny_predictor("dora").train()
+    predictor = tiny_predictor("dora").eval()  # no dropout: the sharded and the plain step see the same function
     batch, plain = tokens(predictor), copy.deepcopy(predictor)
     fsdp.shard_predictor(predictor, torch.distributed.device_mesh.init_device_mesh("cpu", (2,)))
     local = {n: p.to_local().numel() for n, p in predictor.named_parameters()}
@@ -159,7 +159,6 @@ def two_rank_worker(rank: int, port: int, out: Path) -> None:
     record = {"local": local, "full": {n: p.numel() for n, p in predictor.named_parameters()},
               "gathered": gathered, "plain": plain.trainable_state(), "after": predictor.trainable_state()}
     if rank == 0:  # alone: the unsharded predictor runs no collective
-        predictor.eval()
         record["output"] = predictor(batch).detach()
         predictor.save(out / "run", {"labels": [0, 1]})
     torch.save(record, out / f"rank{rank}.pt")
