@@ -211,7 +211,7 @@ def fit_on_two_ranks(strategy: str, data: Path, out: Path) -> None:
 
 def header(path: Path) -> dict:
     with safe_open(str(path), "pt") as f:
-        return {key: (f.get_slice(key).get_dtype(), f.get_slice(key).get_shape()) for key in f.keys()} | f.metadata()
+        return {key: (f.get_slice(key).get_dtype(), f.get_slice(key).get_shape()) for key in f.keys()} | {"metadata": f.metadata()}
 
 
 @pytest.mark.slow  # two 2-process fits and a predict: ~3 min on 2 shared cores
