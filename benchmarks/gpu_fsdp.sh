@@ -14,6 +14,7 @@ export PYTHONUNBUFFERED=1
 DEVICE="${DEVICE:-cuda}"
 RESULTS="${PROTADAPT_RESULTS_DIR:-$(mktemp -d)}"
 WORK="$(mktemp -d)"
+mkdir -p "$RESULTS"
 if [ "$DEVICE" = cpu ]; then
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
     BACKBONES="${BACKBONES:-tiny}"; METHODS="${METHODS:-lora dora}"; GPUS=2; PRECISION=32-true; EPOCHS=1

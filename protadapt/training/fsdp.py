@@ -19,7 +19,6 @@ from torch import nn
 
 from protadapt.config import ConfigError, RunConfig
 
-NAME = "fsdp"
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")  # what ModelParallelStrategy accepts
 
 
