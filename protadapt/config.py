@@ -230,6 +230,10 @@ def check_choices(config: RunConfig) -> None:
             raise ConfigError(f"{key} must be at least 1, not {value}")
     if config.bilevel.unroll_steps < 1:
         raise ConfigError(f"bilevel.unroll_steps must be at least 1, not {config.bilevel.unroll_steps}")
+    if config.trainer.strategy == "fsdp":
+        from protadapt.training.fsdp import check_fsdp  # Lightning imported only when FSDP is asked for
+
+        check_fsdp(config)
 
 
 def _update(target: Any, values: dict, source: str, prefix: str = "") -> None:

@@ -70,6 +70,12 @@ class PredictorModule(L.LightningModule):
         logged.update({f"{stage}_{k}": float(v) for k, v in metrics.items() if np.isfinite(v)})
         self.log_dict(logged, prog_bar=stage == "val", sync_dist=False, rank_zero_only=False)
 
+    def configure_model(self) -> None:
+        """Under `trainer.strategy=fsdp` the strategy shards the predictor here (training/fsdp.py)."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None:
+            shard(self.predictor)
+
     # ------------------------------------------------------------ optimisation
 
     def configure_optimizers(self):

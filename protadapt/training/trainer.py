@@ -94,11 +94,20 @@ def make_trainer(module: PredictorModule, config: RunConfig, run_dir: Path, phas
         logger=make_loggers(config, run_dir, phase) or False,
         enable_progress_bar=progress_bars(config), enable_model_summary=False,
         gradient_clip_val=None if manual else module.optim.grad_clip,
-        accelerator=config.trainer.accelerator, devices=config.trainer.devices, strategy=config.trainer.strategy,
+        accelerator=config.trainer.accelerator, devices=config.trainer.devices, strategy=make_strategy(config),
         num_nodes=config.trainer.num_nodes, precision=config.trainer.precision,
         deterministic=config.trainer.deterministic, log_every_n_steps=config.trainer.log_every_n_steps,
         num_sanity_val_steps=0, use_distributed_sampler=False,
     )
+
+
+def make_strategy(config: RunConfig):
+    """`trainer.strategy` for Lightning: `fsdp` is protadapt's FSDP2 strategy (training/fsdp.py), anything else a name."""
+    if config.trainer.strategy != "fsdp":
+        return config.trainer.strategy
+    from protadapt.training import fsdp
+
+    return fsdp.make_strategy(config)
 
 
 def make_loggers(config: RunConfig, run_dir: Path, phase: str) -> list[Logger]:
