@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from protadapt.adapters.base import AdapterConfig, DecomposedLinear
+from protadapt.adapters.base import AdapterConfig, DecomposedLinear, frozen_matmul
 from protadapt.adapters.lora import LOW_RANK_SETTINGS, LoRALinear
 from protadapt.adapters.registry import linear_method, register_method
 
@@ -46,8 +46,8 @@ class DoRALinear(LoRALinear, DecomposedLinear):
         w0 = self.base_layer.weight
         s = self.scaling
         with torch.no_grad():  # W0 is frozen; recomputed rather than cached, so it follows .to(dtype)
-            base_row_sq = w0.pow(2).sum(NORM_DIM)
-        cross = (self.up * (w0 @ self.down.T)).sum(NORM_DIM)
+            base_row_sq = w0.to(self.down.dtype).pow(2).sum(NORM_DIM)  # fp32 also for a bf16 W0
+        cross = (self.up * frozen_matmul(w0, self.down.T)).sum(NORM_DIM)
         low_rank = ((self.up @ (self.down @ self.down.T)) * self.up).sum(NORM_DIM)
         return base_row_sq + 2 * s * cross + s * s * low_rank
 
@@ -62,7 +62,8 @@ class DoRALinear(LoRALinear, DecomposedLinear):
         scale = self.scale()
         result = self.add_low_rank(self.base_layer(x), self.dropout(x)) * scale
         bias = self.base_layer.bias
-        return result if bias is None else result - (scale - 1) * bias
+        result = result if bias is None else result - (scale - 1) * bias
+        return result.to(self.base_layer.weight.dtype)  # a bf16 base: the product with the fp32 scale back to bf16
 
     def effective_weight(self) -> torch.Tensor:
         if self.merged:
@@ -86,12 +87,12 @@ class DoRALinear(LoRALinear, DecomposedLinear):
             unit = direction / direction.norm(dim=NORM_DIM, keepdim=True)
             return ((unit.T @ unit).pow(2).sum() - rows).clamp_min(0).sqrt()
         with torch.no_grad():
-            base_gram = w0 @ w0.T
+            base_gram = w0.to(down.dtype) @ w0.to(down.dtype).T
             base_gram_sq = base_gram.square()
         inverse_sq = 1 / self._direction_norm_sq()  # μ
-        q = torch.cat([w0 @ down.T, up], dim=1)  # out × 2r
+        q = torch.cat([frozen_matmul(w0, down.T), up], dim=1)  # out × 2r
         rank = down.shape[0]
-        eye = torch.eye(rank, dtype=w0.dtype, device=w0.device)
+        eye = torch.eye(rank, dtype=down.dtype, device=w0.device)
         core = torch.cat([torch.cat([torch.zeros_like(eye), s * eye], 1),
                           torch.cat([s * eye, (s * s) * (down @ down.T)], 1)], 0)  # S, symmetric 2r × 2r
         weighted = q * inverse_sq[:, None]  # diag(μ)·Q

@@ -15,6 +15,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
+# `backbone_dtype`: how the frozen weights are stored (bfloat16 halves their bytes; see `store_frozen_weights`)
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 class BackboneError(RuntimeError):
     """A one-line, user-facing problem with finding or reading backbone weights."""
 
@@ -124,6 +128,33 @@ def insert_prompt(x: torch.Tensor, keep: torch.Tensor, prompt: torch.Tensor | No
 def drop_prompt(x: torch.Tensor, num_prompts: int) -> torch.Tensor:
     """The inverse of `insert_prompt` on the output: positions 1 … p removed."""
     return torch.cat([x[:, :1], x[:, 1 + num_prompts:]], dim=1) if num_prompts else x
+
+
+def store_frozen_weights(backbone: Backbone, dtype: str) -> Backbone:
+    """`backbone_dtype`: store the backbone's weights in `dtype`, so a big frozen backbone takes half the memory.
+
+    Linears and embeddings are cast; LayerNorms keep their fp32 weights (2·E numbers each, <0.1 % of
+    the bytes; torch's layer_norm normalises a bf16 input in fp32 with them and returns bf16, as
+    autocast would), and buffers stay as they are (the rotary frequencies must stay fp32). The
+    activations then run in bf16; the output is returned in fp32, so pooling and the fp32 head see
+    what they always see. Call it before adapters are applied: they keep fp32 parameters over a bf16
+    base weight (`adapters.base.adapter_dtype`).
+    """
+    target = WEIGHT_DTYPES[dtype]
+    if target == torch.float32:
+        return backbone
+    for module in backbone.modules():
+        if isinstance(module, nn.LayerNorm):
+            continue
+        for parameter in module.parameters(recurse=False):
+            if parameter.is_floating_point():
+                parameter.data = parameter.data.to(target)
+    backbone.register_forward_hook(_fp32_output)
+    return backbone
+
+
+def _fp32_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+    return output.float()
 
 
 # Families by `Architecture.family`: each module registers its Backbone subclass on import.

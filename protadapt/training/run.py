@@ -26,7 +26,7 @@ import torch
 
 from protadapt import rundir
 from protadapt.adapters import count_trainable
-from protadapt.backbones import load_backbone
+from protadapt.backbones import load_backbone, store_frozen_weights
 from protadapt.config import RunConfig
 from protadapt.data.datamodule import ProteinDataModule
 from protadapt.data.splits import split_groups
@@ -104,7 +104,8 @@ def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFr
 
 def build_predictor(config: RunConfig, task: Task, train: pd.DataFrame) -> ProteinPredictor:
     """The backbone with the configured method and a head sized for the task's classes."""
-    backbone = load_backbone(config.backbone, random_init=config.random_init)
+    backbone = store_frozen_weights(load_backbone(config.backbone, random_init=config.random_init),
+                                    config.backbone_dtype)
     labels = class_labels(task, train)
     head = replace(config.head, problem_type=task.problem_type,
                    num_classes=max(2, len(labels)) if task.problem_type == "classification" else 1)

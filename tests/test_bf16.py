@@ -1,0 +1,139 @@
+"""`backbone_dtype=bfloat16`: frozen weights in bf16, adapters and head in fp32 (tiny backbone)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+import protadapt.training.run as run_module
+from protadapt.adapters import AdapterConfig, linear_adapters
+from protadapt.backbones import load_backbone, store_frozen_weights
+from protadapt.config import ConfigError, load_config
+from protadapt.heads import HeadConfig
+from protadapt.model import ProteinPredictor
+
+LABELS = torch.tensor([0, 1, 1])
+METHODS = ["lora", "dora", "bidora"]
+
+
+def backbone(dtype: str = "bfloat16"):
+    torch.manual_seed(0)
+    return store_frozen_weights(load_backbone("tiny"), dtype)
+
+
+def predictor(method: str, dtype: str = "bfloat16") -> ProteinPredictor:
+    model = backbone(dtype)
+    torch.manual_seed(1)
+    return ProteinPredictor(model, HeadConfig(dropout=0.0), AdapterConfig(method=method, rank=4, include_ffn=True))
+
+
+def batch() -> torch.Tensor:
+    """Three lengths, so padding and the attention mask are exercised."""
+    converter = load_backbone("tiny").alphabet.get_batch_converter()
+    return converter([("a", "MKVLAAGIC"), ("b", "ACDEFGHIKLMNPQRSTVWY"), ("c", "LLK")])[2]
+
+
+def parameter_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def test_bf16_halves_the_frozen_weight_bytes_and_keeps_layer_norms_fp32():
+    fp32, bf16 = parameter_bytes(backbone("float32")), parameter_bytes(backbone())
+    layer_norm = sum(p.numel() for m in backbone().modules() if isinstance(m, nn.LayerNorm) for p in m.parameters())
+    assert bf16 == fp32 // 2 + 2 * layer_norm  # every weight at 2 bytes, LayerNorms at 4
+    assert 0.5 < bf16 / fp32 < 0.52
+    model = backbone().model
+    assert model.embed_tokens.weight.dtype == model.layers[0].fc1.weight.dtype == torch.bfloat16
+    assert model.layers[0].final_layer_norm.weight.dtype == torch.float32
+    assert model.layers[0].self_attn.rot_emb.inv_freq.dtype == torch.float32  # positions need fp32
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_identity_at_init_against_the_bf16_bare_backbone(method):
+    tokens = batch()
+    adapted = predictor(method)
+    with torch.no_grad():
+        bare, out = backbone()(tokens), adapted.backbone(tokens)
+        full_precision = predictor(method, "float32").backbone(tokens)
+    assert out.dtype == torch.float32  # the head sees fp32 states
+    torch.testing.assert_close(out, bare, rtol=2**-8, atol=1e-6)  # bf16 rounding at most
+    assert 0 < (out - full_precision).abs().max() < 0.1 * full_precision.abs().max()  # really bf16, and close
+    assert all(p.dtype == torch.float32 for p in adapted.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_training_step_gives_fp32_adapter_gradients_and_leaves_bf16_weights_alone(method):
+    tokens, model = batch(), predictor(method)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # the second step has non-zero B, so every path carries gradient
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(tokens), LABELS) + model.orthogonality_penalty()
+        loss.backward()
+        optimizer.step()
+    assert torch.isfinite(loss)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if n.endswith(".down"))  # A learns through B ≠ 0
+    if method != "lora":
+        assert all(grads[n].abs().sum() > 0 for n in grads if n.endswith(".magnitude"))
+    assert all(not torch.equal(p, trainable[n]) for n, p in model.named_parameters() if p.requires_grad)
+    for name, parameter in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(parameter, frozen[name]), name
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_saved_adapter_is_fp32_and_reloads_into_an_fp32_model(tmp_path, method):
+    tokens, model = batch(), predictor(method)
+    with torch.no_grad():
+        for layer in linear_adapters(model).values():
+            layer.up.normal_(0, 0.1)  # a trained-looking adapter, so the reload has something to carry
+    model.save(tmp_path)
+    saved = load_file(str(tmp_path / "adapter.safetensors"))
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
+    reloaded = predictor(method, "float32")
+    reloaded.load_trained(tmp_path)
+    model.eval(), reloaded.eval()
+    with torch.no_grad():
+        bf16_out, fp32_out = model(tokens), reloaded(tokens)
+    assert fp32_out.dtype == torch.float32
+    torch.testing.assert_close(fp32_out, bf16_out, rtol=0.05, atol=0.05)
+    assert not torch.equal(fp32_out, predictor(method, "float32").eval()(tokens))  # the adapter did load
+
+
+def test_merged_bf16_layer_keeps_bf16_storage_and_unmerges_bit_for_bit():
+    model = predictor("dora")
+    layer = next(iter(linear_adapters(model).values()))
+    with torch.no_grad():
+        layer.up.normal_(0, 0.1)
+    before = layer.base_layer.weight.detach().clone()
+    layer.merge()
+    assert layer.base_layer.weight.dtype == torch.bfloat16
+    assert not torch.equal(layer.base_layer.weight, before)
+    layer.unmerge()
+    assert torch.equal(layer.base_layer.weight, before)
+
+
+def test_config_accepts_bfloat16_and_refuses_what_it_cannot_do():
+    assert load_config(None, ["backbone_dtype=bfloat16"]).backbone_dtype == "bfloat16"
+    assert load_config(None, []).backbone_dtype == "float32"
+    with pytest.raises(ConfigError, match="unknown backbone_dtype 'float16'"):
+        load_config(None, ["backbone_dtype=float16"])
+    with pytest.raises(ConfigError, match="backbone_dtype=bfloat16 works with lora"):
+        load_config(None, ["backbone_dtype=bfloat16", "adapter.method=full"])
+
+
+@pytest.mark.slow  # a whole `fit` (~14 s on the shared CPU)
+def test_fit_with_a_bf16_backbone_trains_and_saves_fp32(tmp_path):
+    config = load_config(None, ["adapter.method=dora", "backbone=tiny", "quiet=true", "data.batch_size=16",
+                                "optim.max_epochs=1", "backbone_dtype=bfloat16"])
+    result = run_module.fit(config, tmp_path / "run")
+    saved = load_file(str(tmp_path / "run" / "adapter.safetensors"))
+    assert all(t.dtype == torch.float32 for t in saved.values())
+    assert any(k.endswith(".up") and v.abs().sum() > 0 for k, v in saved.items())
+    assert all(v == v for v in result.metrics.values() if isinstance(v, float))  # no NaN metric
