@@ -150,28 +150,6 @@ def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(weight.dtype, torch.float32)
 
 
-def frozen_matmul(weight: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """`weight @ other` in `other`'s dtype for a frozen `weight` stored lower (bf16): upcast per use, and
-    backward keeps the stored weight instead of an fp32 copy (which would undo the memory saved)."""
-    if weight.dtype == other.dtype:
-        return weight @ other
-    return _FrozenMatmul.apply(weight, other)
-
-
-class _FrozenMatmul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(weight)
-        with torch.autocast(weight.device.type, enabled=False):
-            return weight.to(other.dtype) @ other
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
-        (weight,) = ctx.saved_tensors
-        with torch.autocast(weight.device.type, enabled=False):
-            return None, weight.to(grad.dtype).T @ grad
-
-
 class DecomposedLinear(LinearAdapter):
     """A layer with a magnitude–direction split (DoRA): BiDoRA trains the magnitudes separately."""
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from protadapt.adapters.base import AdapterConfig, DecomposedLinear, frozen_matmul
+from protadapt.adapters.base import AdapterConfig, DecomposedLinear
 from protadapt.adapters.lora import LOW_RANK_SETTINGS, LoRALinear
 from protadapt.adapters.registry import linear_method, register_method
+from protadapt.backbones.base import frozen_linear
 
 NORM_DIM = 1  # rows of the out × in weight: one magnitude per output feature
 
@@ -46,8 +47,8 @@ class DoRALinear(LoRALinear, DecomposedLinear):
         w0 = self.base_layer.weight
         s = self.scaling
         with torch.no_grad():  # W0 is frozen; recomputed rather than cached, so it follows .to(dtype)
-            base_row_sq = w0.to(self.down.dtype).pow(2).sum(NORM_DIM)  # fp32 also for a bf16 W0
-        cross = (self.up * frozen_matmul(w0, self.down.T)).sum(NORM_DIM)
+            base_row_sq = w0.to(self.down.dtype).pow(2).sum(NORM_DIM)  # fp32 also for a bf16-stored W0
+        cross = (self.up * frozen_linear(self.down, w0).T).sum(NORM_DIM)  # W0·Aᵀ
         low_rank = ((self.up @ (self.down @ self.down.T)) * self.up).sum(NORM_DIM)
         return base_row_sq + 2 * s * cross + s * s * low_rank
 
@@ -62,8 +63,7 @@ class DoRALinear(LoRALinear, DecomposedLinear):
         scale = self.scale()
         result = self.add_low_rank(self.base_layer(x), self.dropout(x)) * scale
         bias = self.base_layer.bias
-        result = result if bias is None else result - (scale - 1) * bias
-        return result.to(self.base_layer.weight.dtype)  # a bf16 base: the product with the fp32 scale back to bf16
+        return result if bias is None else result - (scale - 1) * bias
 
     def effective_weight(self) -> torch.Tensor:
         if self.merged:
@@ -90,7 +90,7 @@ class DoRALinear(LoRALinear, DecomposedLinear):
             base_gram = w0.to(down.dtype) @ w0.to(down.dtype).T
             base_gram_sq = base_gram.square()
         inverse_sq = 1 / self._direction_norm_sq()  # μ
-        q = torch.cat([frozen_matmul(w0, down.T), up], dim=1)  # out × 2r
+        q = torch.cat([frozen_linear(down, w0).T, up], dim=1)  # out × 2r
         rank = down.shape[0]
         eye = torch.eye(rank, dtype=down.dtype, device=w0.device)
         core = torch.cat([torch.cat([torch.zeros_like(eye), s * eye], 1),

@@ -18,7 +18,7 @@ class LoRALinear(LinearAdapter):
     def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
         super().__init__(base_layer)
         weight = base_layer.weight
-        dtype = adapter_dtype(weight)  # fp32 also over a bf16 base weight
+        dtype = adapter_dtype(weight)  # fp32 also over a bf16-stored base weight
         self.rank = config.rank
         self.scaling = config.alpha / config.rank
         self.down = nn.Parameter(torch.empty(config.rank, self.in_features, dtype=dtype, device=weight.device))  # A
@@ -49,8 +49,8 @@ class LoRALinear(LinearAdapter):
     def add_low_rank(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """result + (α/r)·B·A·x without forming B·A; B·(A·x) is accumulated into `result` by one GEMM
         (no separate out-wide product, scaling and sum: ~5 % off an adapted layer's forward + backward)."""
-        hidden = F.linear(x, self.down.to(x.dtype))  # A, B cast to bf16 activations (a no-op in fp32)
-        return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), self.up.T.to(x.dtype),
+        hidden = F.linear(x, self.down)
+        return torch.addmm(result.flatten(0, -2), hidden.flatten(0, -2), self.up.T,
                            alpha=self.scaling).view_as(result)
 
     def delta_weight(self) -> torch.Tensor:

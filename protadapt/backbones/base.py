@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -131,30 +132,60 @@ def drop_prompt(x: torch.Tensor, num_prompts: int) -> torch.Tensor:
 
 
 def store_frozen_weights(backbone: Backbone, dtype: str) -> Backbone:
-    """`backbone_dtype`: store the backbone's weights in `dtype`, so a big frozen backbone takes half the memory.
+    """`backbone_dtype`: keep the frozen linear and embedding weights in `dtype`, half the bytes for bf16.
 
-    Linears and embeddings are cast; LayerNorms keep their fp32 weights (2·E numbers each, <0.1 % of
-    the bytes; torch's layer_norm normalises a bf16 input in fp32 with them and returns bf16, as
-    autocast would), and buffers stay as they are (the rotary frequencies must stay fp32). The
-    activations then run in bf16; the output is returned in fp32, so pooling and the fp32 head see
-    what they always see. Call it before adapters are applied: they keep fp32 parameters over a bf16
-    base weight (`adapters.base.adapter_dtype`).
+    Each such layer upcasts its weight to the activations' dtype when it is used (one layer's copy at
+    a time, `frozen_linear`), so without autocast the step computes in fp32 — on CPUs without bf16
+    instructions bf16 GEMMs are 6-40× slower (benchmarks/results/memory.md) — and under
+    `trainer.precision=bf16-mixed` autocast makes it bf16 as usual (GPUs). Activations and the output
+    stay in fp32. LayerNorms, every other parameter and the buffers (rotary frequencies) keep fp32:
+    they are <0.1 % of the bytes. Call it before adapters are applied; they stay fp32 over the bf16
+    weight (`adapters.base.adapter_dtype`). Only for frozen weights: the layers give no weight gradient.
     """
     target = WEIGHT_DTYPES[dtype]
     if target == torch.float32:
         return backbone
     for module in backbone.modules():
-        if isinstance(module, nn.LayerNorm):
-            continue
-        for parameter in module.parameters(recurse=False):
-            if parameter.is_floating_point():
+        stored = {nn.Linear: StoredLinear, nn.Embedding: StoredEmbedding}.get(type(module))
+        if stored is not None:
+            for parameter in module.parameters(recurse=False):
                 parameter.data = parameter.data.to(target)
-    backbone.register_forward_hook(_fp32_output)
+            module.__class__ = stored  # same parameters and names, an upcasting forward
     return backbone
 
 
-def _fp32_output(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    return output.float()
+class StoredLinear(nn.Linear):
+    """A frozen `nn.Linear` whose weight is stored in bf16 and upcast per use (`store_frozen_weights`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return frozen_linear(x, self.weight, self.bias)
+
+
+class StoredEmbedding(nn.Embedding):
+    """A frozen `nn.Embedding` stored in bf16: the looked-up rows are returned in fp32."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return super().forward(tokens).float()
+
+
+def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` with a frozen `weight` stored lower than `x`: upcast per use, and backward
+    upcasts again instead of keeping an fp32 copy (which would undo the memory saved). No weight gradient."""
+    if weight.dtype == x.dtype:
+        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+    return _FrozenLinear.apply(x, weight, bias)
+
+
+class _FrozenLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return grad @ weight.to(grad.dtype), None, None
 
 
 # Families by `Architecture.family`: each module registers its Backbone subclass on import.

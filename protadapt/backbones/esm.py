@@ -131,8 +131,7 @@ def self_attention(attn: nn.Module, x: torch.Tensor, padding_mask: torch.Tensor 
 
     q, k = attn.rot_emb(split(attn.q_proj(x) * attn.scaling), split(attn.k_proj(x)))
     v = split(attn.v_proj(x))
-    dtype = v.dtype  # the rotary tables are fp32: bf16 weights (`backbone_dtype`) need q, k cast back
-    q, k, v = (t.reshape(batch, heads, length, head_dim).to(dtype) for t in (q, k, v))
+    q, k, v = (t.reshape(batch, heads, length, head_dim) for t in (q, k, v))
     mask = None if padding_mask is None else ~padding_mask[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
     return attn.out_proj(out.permute(2, 0, 1, 3).reshape(length, batch, width))
