@@ -2,7 +2,7 @@
 (`backbone_dtype`), with and without activation checkpointing (`trainer.checkpointing`).
 
     python -m benchmarks.memory                          # ESM-2 650M (8 cells) + 3B LoRA fp32 / bf16, CPU: results/memory.md
-    python -m benchmarks.memory --device cuda --cells esm2_t33_650M_UR50D:lora:bfloat16:off   # memory_cuda.md
+    python -m benchmarks.memory --device cuda --autocast --cells esm2_t33_650M_UR50D:lora:bfloat16:off   # memory_cuda.md
 
 A cell is BACKBONE:METHOD:DTYPE:CHECKPOINTING and runs in its own process. The backbone is built on the
 meta device, its storage allocated in the cell's dtype (`store_frozen_weights`, then `to_empty`) and
@@ -48,16 +48,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cells", nargs="+", default=CELLS, help="BACKBONE:METHOD:float32|bfloat16:off|on")
     parser.add_argument("--batch", type=int, default=4, help="the N longest bbb training peptides")
-    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--autocast", action="store_true", help="the step under bf16 autocast (trainer.precision=bf16-mixed)")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(*args.worker)
     load_before = os.getloadavg()[0]
-    rows = [cell_row(cell, run_cell(cell, args.batch, args.device)) for cell in args.cells]
+    rows = [cell_row(cell, run_cell(cell, args.batch, args.device, args.autocast)) for cell in args.cells]
     write_report(args, rows, load_before, os.getloadavg()[0])
 
 
-def run_cell(cell: str, batch: int, device: str) -> dict:
+def run_cell(cell: str, batch: int, device: str, autocast: bool) -> dict:
     """One cell in a fresh process, or why it did not run (not enough memory free, or it failed)."""
     name, _, dtype, _ = cell.split(":")
     need = weight_bytes(name, dtype) * 1.2 + 1.5 * GIB  # weights + activations, optimiser, interpreter
@@ -71,7 +72,7 @@ def run_cell(cell: str, batch: int, device: str) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
     print(f"{cell}: running (limit {limit_bytes / GIB:.1f} GiB)" if device == "cpu" else f"{cell}: running", flush=True)
-    done = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", cell, str(batch), device],
+    done = subprocess.run([sys.executable, "-m", __spec__.name, "--worker", cell, str(batch), device, str(autocast)],
                           capture_output=True, text=True, cwd=REPO, preexec_fn=cap, check=False)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["?"])[-1]
@@ -79,7 +80,7 @@ def run_cell(cell: str, batch: int, device: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def worker(cell: str, batch: str, device_name: str) -> None:
+def worker(cell: str, batch: str, device_name: str, autocast: str) -> None:
     """In a fresh process: build the cell's predictor, take one training step, print its numbers as JSON."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     device = torch.device(device_name)
@@ -93,7 +94,8 @@ def worker(cell: str, batch: str, device_name: str) -> None:
     before = rss_reset() if device.type == "cpu" else cuda_reset(device)
     synchronize(device)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
-    loss = F.cross_entropy(predictor(tokens), labels)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast == "True"):
+        loss = F.cross_entropy(predictor(tokens), labels)
     loss.backward()
     optimizer.step()
     synchronize(device)
@@ -202,7 +204,7 @@ OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')}, cells at nice 15. Load
 {load_after:.1f} after (shared machine: one measurement per cell; CPU time is the steadier figure).
 
 Batch: the {args.batch} longest bbb training peptides ({shape} tokens); LoRA /
-DoRA r=8, α=16 on q/k/v/out; one AdamW step (the first, so its peak is the training peak). RANDOM
+DoRA r=8, α=16 on q/k/v/out; {'under bf16 autocast (trainer.precision=bf16-mixed), ' if args.autocast else 'no autocast (fp32 compute), '}one AdamW step (the first, so its peak is the training peak). RANDOM
 weights of the exact architectures, built on the meta device and filled cheaply.
 
 {markdown_table(header, rows)}

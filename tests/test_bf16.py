@@ -101,6 +101,19 @@ def test_a_training_step_gives_fp32_adapter_gradients_and_leaves_bf16_weights_al
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_step_under_bf16_autocast_computes_in_bf16_and_trains_fp32_adapters(method):
+    tokens, model = batch(), predictor(method)
+    seen = []
+    model.backbone.model.layers[0].fc1.base_layer.register_forward_hook(lambda m, inputs, out: seen.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # trainer.precision=bf16-mixed, as on a GPU
+        loss = F.cross_entropy(model(tokens), LABELS)
+    loss.backward()
+    assert seen == [torch.bfloat16] and torch.isfinite(loss)  # the frozen linears run bf16 GEMMs
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
 def test_saved_adapter_is_fp32_and_reloads_into_an_fp32_model(tmp_path, method):
     tokens, model = batch(), predictor(method)
     with torch.no_grad():

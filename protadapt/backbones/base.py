@@ -171,8 +171,8 @@ class StoredEmbedding(nn.Embedding):
 def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` with a frozen `weight` stored lower than `x`: upcast per use, and backward
     upcasts again instead of keeping an fp32 copy (which would undo the memory saved). No weight gradient."""
-    if weight.dtype == x.dtype:
-        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+    if weight.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):  # autocast casts by itself
+        return F.linear(x, weight, bias)
     return _FrozenLinear.apply(x, weight, bias)
 
 
