@@ -151,6 +151,8 @@ def store_frozen_weights(backbone: Backbone, dtype: str) -> Backbone:
             for parameter in module.parameters(recurse=False):
                 parameter.data = parameter.data.to(target)
             module.__class__ = stored  # same parameters and names, an upcasting forward
+        if hasattr(module, "enable_torch_version"):  # fair-esm's fused attention (ESM-1b) reads weights directly
+            module.enable_torch_version = False
     return backbone
 
 
