@@ -163,3 +163,20 @@ def test_fit_with_a_bf16_backbone_trains_and_saves_fp32(tmp_path):
     assert all(t.dtype == torch.float32 for t in saved.values())
     assert any(k.endswith(".up") and v.abs().sum() > 0 for k, v in saved.items())
     assert all(v == v for v in result.metrics.values() if isinstance(v, float))  # no NaN metric
+
+
+def test_esmc_backbone_stores_bf16_and_keeps_identity_at_init():
+    pytest.importorskip("transformers")
+    from protadapt.backbones import build_random, esmc
+
+    tiny = esmc.esmc_architecture("esmc_tiny", esmc.esmc_config_dict(2, 32, 4, 96))
+    tokens = torch.tensor([[0, 5, 6, 7, 8, 2], [0, 9, 10, 2, 1, 1]])
+    bare = store_frozen_weights(build_random(tiny), "bfloat16").eval()
+    model = ProteinPredictor(store_frozen_weights(build_random(tiny), "bfloat16"), HeadConfig(dropout=0.0),
+                             AdapterConfig(method="dora", rank=4)).eval()
+    assert parameter_bytes(bare) < 0.55 * parameter_bytes(build_random(tiny))
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone(tokens), bare(tokens), rtol=1e-6, atol=1e-6)
+    loss = F.cross_entropy(model.train()(tokens), torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
