@@ -213,7 +213,15 @@ weights of the exact architectures, built on the meta device and filled cheaply.
 process's whole resident set at its peak during the step (weights included: what must fit in memory);
 *step extra* is the rise above the resident set just before it (activations, gradients, optimiser state,
 allocator slack). ESM-2 15B was not tried: its weights alone are {big['float32'] / GIB:.1f} GiB in fp32 and
-{big['bfloat16'] / GIB:.1f} GiB in bf16, above this machine's 24 GB (~21 GB free).
+{big['bfloat16'] / GIB:.1f} GiB in bf16, above this machine's 24 GB (shared with other jobs).
+
+bf16 rows store the frozen weights in bf16 and, without autocast, compute in fp32: each frozen layer
+upcasts its weight per use (`store_frozen_weights`). Their higher *step extra* is most likely those
+per-use copies (≤ 25 MiB each at 650M, ≤ 100 MiB at 3B) passing through the allocator, whose retained
+slack the resident set counts (not verified); the peak RSS, what must fit, is lower all the same. A
+first variant that computed in bf16 took 8.5 s CPU against 0.62 s for one ESM-2 8M LoRA step on this
+CPU (no avx512_bf16: bf16 `aten::mm` ~40× slower than fp32; profiled by hand), so bf16 arithmetic is
+left to autocast on GPUs (`--autocast`, `trainer.precision=bf16-mixed`).
 """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / ("memory.md" if cpu else f"memory_{device.type}.md")).write_text(text)
