@@ -15,6 +15,7 @@ if [ "$DEVICE" = cpu ]; then
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
     python -m benchmarks.limit --device cpu --archs tiny --repeats 1 --steps 2 --bbb-n 4 --thermo-n 2 --thermo-max 300
     python -m benchmarks.checkpointing --device cpu --shapes tiny:2x32:1
+    python -m benchmarks.memory --device cpu --cells tiny:lora:float32:off tiny:dora:bfloat16:on
     python -m benchmarks.train_step --device cpu --backbone tiny --skip-fit --repeats 1 --steps 3
     python -m benchmarks.dora_norm --device cpu --quick --repeats 1
     python -m benchmarks.predict_throughput --device cpu --n 8 --batch-size 4 --repeats 1
@@ -26,6 +27,9 @@ else
     python -m benchmarks.limit --device cuda --archs 8M 35M 650M --thermo-n 8 --thermo-max 550
     python -m benchmarks.compile --device cuda
     python -m benchmarks.checkpointing --device cuda --shapes esm2_t12_35M_UR50D:16x512:5 esm2_t33_650M_UR50D:8x512:3
+    M650=esm2_t33_650M_UR50D  # bf16 frozen weights under bf16 autocast, and the 3B that fits a 24 GB card in bf16
+    python -m benchmarks.memory --device cuda --autocast --batch 16 --cells $M650:lora:float32:off $M650:lora:bfloat16:off \
+        $M650:dora:bfloat16:off $M650:dora:bfloat16:on esm2_t36_3B_UR50D:lora:bfloat16:off esm2_t36_3B_UR50D:lora:bfloat16:on
     python -m benchmarks.predict_throughput --device cuda --n 512 --batch-size 64 --precision bf16
     python -m benchmarks.predict_throughput --device cuda --task thermostability --n 256 --precision bf16
     python -m benchmarks.vs_peft --device cuda --archs 8M 35M 650M --shapes 8x64 16x128 8x512 --repeats 5

@@ -14,6 +14,7 @@ from typing import Any, get_type_hints
 import yaml
 
 from protadapt.adapters import AdapterConfig, method_names
+from protadapt.backbones import WEIGHT_DTYPES
 from protadapt.embeddings.cache import CacheConfig
 from protadapt.evaluation.conformal import SCORES
 from protadapt.backbones.packing import PACKINGS
@@ -22,6 +23,7 @@ from protadapt.heads import POOLINGS, HeadConfig
 
 
 SCHEDULES = ("cosine", "linear", "constant")
+BF16_METHODS = ("lora", "dora", "bidora", "head", "probe")  # methods whose trained tensors stay fp32 over bf16 weights
 # forward + backward passes per upper step beyond the lower step's own: 3, 2, 3 and 1 (results/train_step.md)
 HYPERGRADIENTS = ("darts", "darts_one_sided", "darts_unrolled", "first_order")
 LOGGERS = ("csv", "tensorboard", "none")
@@ -145,6 +147,7 @@ class UncertaintyConfig:
 class RunConfig:
     backbone: str = "esm2_t6_8M_UR50D"  # fair-esm name, .pt file, HF directory, or "tiny"
     random_init: bool = False  # the backbone's architecture with random weights (offline work)
+    backbone_dtype: str = "float32"  # frozen weights stored as float32 | bfloat16 (half the bytes; adapters, head stay fp32)
     seed: int = 0
     out: str = "runs"  # parent directory of run directories
     quiet: bool = False
@@ -213,7 +216,8 @@ def check_choices(config: RunConfig) -> None:
                "data.duplicate_ids": ([config.data.duplicate_ids], DUPLICATE_ID_POLICIES),
                "data.packing": ([config.data.packing], PACKINGS),
                "data.problem_type": ([config.data.problem_type or "classification"], PROBLEM_TYPES),
-               "head.problem_type": ([config.head.problem_type], PROBLEM_TYPES)}
+               "head.problem_type": ([config.head.problem_type], PROBLEM_TYPES),
+               "backbone_dtype": ([config.backbone_dtype], tuple(WEIGHT_DTYPES))}
     for key, (values, allowed) in choices.items():
         for value in values:
             if value.strip() not in allowed:
@@ -222,6 +226,9 @@ def check_choices(config: RunConfig) -> None:
                        ("uncertainty.alpha", config.uncertainty.alpha)):
         if not 0 <= value < 1 or (key == "uncertainty.alpha" and value == 0):
             raise ConfigError(f"{key} must be in [0, 1) (alpha above 0), not {value}")
+    if config.backbone_dtype != "float32" and config.adapter.method not in BF16_METHODS:
+        raise ConfigError(f"backbone_dtype={config.backbone_dtype} works with {', '.join(BF16_METHODS)}, not "
+                          f"{config.adapter.method}; use backbone_dtype=float32 with trainer.precision=bf16-mixed")
     if config.uncertainty.ece_bins < 1:
         raise ConfigError(f"uncertainty.ece_bins must be at least 1, not {config.uncertainty.ece_bins}")
     for key, value in {"adapter.rank": config.adapter.rank, "optim.max_epochs": config.optim.max_epochs,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-EXPECTED = ["limit.md", "checkpointing.md", "train_step_tiny_cpu.md", "dora_norm.md", "predict_throughput.md",
-            "vs_peft.md", "padding.md"]
+EXPECTED = ["limit.md", "checkpointing.md", "memory.md", "train_step_tiny_cpu.md", "dora_norm.md",
+            "predict_throughput.md", "vs_peft.md", "padding.md"]
 
 
 @pytest.mark.slow  # six benchmark scripts, each a fresh interpreter with torch and Lightning: minutes on 2 shared cores

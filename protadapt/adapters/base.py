@@ -145,6 +145,11 @@ class LinearAdapter(Adapter):
             self.unmerged_weight = None
 
 
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Adapter parameters train in at least fp32, also over a frozen weight stored in bf16 (`backbone_dtype`)."""
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
 class DecomposedLinear(LinearAdapter):
     """A layer with a magnitude–direction split (DoRA): BiDoRA trains the magnitudes separately."""
 

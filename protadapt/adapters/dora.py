@@ -15,6 +15,7 @@ from torch import nn
 from protadapt.adapters.base import AdapterConfig, DecomposedLinear
 from protadapt.adapters.lora import LOW_RANK_SETTINGS, LoRALinear, low_rank_grads
 from protadapt.adapters.registry import linear_method, register_method
+from protadapt.backbones.base import frozen_linear
 
 NORM_DIM = 1  # rows of the out × in weight: one magnitude per output feature
 
@@ -47,8 +48,8 @@ class DoRALinear(LoRALinear, DecomposedLinear):
         w0 = self.base_layer.weight
         s = self.scaling
         with torch.no_grad():  # W0 is frozen; recomputed rather than cached, so it follows .to(dtype)
-            base_row_sq = w0.pow(2).sum(NORM_DIM)
-        cross = (self.up * (w0 @ self.down.T)).sum(NORM_DIM)
+            base_row_sq = w0.to(self.down.dtype).pow(2).sum(NORM_DIM)  # fp32 also for a bf16-stored W0
+        cross = (self.up * frozen_linear(self.down, w0).T).sum(NORM_DIM)  # W0·Aᵀ
         low_rank = ((self.up @ (self.down @ self.down.T)) * self.up).sum(NORM_DIM)
         return base_row_sq + 2 * s * cross + s * s * low_rank
 
@@ -93,7 +94,7 @@ def orthogonality_penalties(layers: list[DoRALinear]) -> torch.Tensor:
     for index, layer in enumerate(layers):
         w0 = layer.base_layer.weight
         if w0.shape[0] > w0.shape[1]:
-            direction = w0 + layer.delta_weight()
+            direction = w0.to(layer.down.dtype) + layer.delta_weight()
             unit = direction / direction.norm(dim=NORM_DIM, keepdim=True)
             penalties[index] = ((unit.T @ unit).pow(2).sum() - w0.shape[0]).clamp_min(0).sqrt()
         else:
@@ -116,7 +117,7 @@ def _batched_penalty(layers: list[DoRALinear]) -> torch.Tensor:
     """
     s = layers[0].scaling
     with torch.no_grad():
-        w0 = torch.stack([layer.base_layer.weight for layer in layers])  # L × out × in
+        w0 = torch.stack([layer.base_layer.weight for layer in layers]).to(layers[0].down.dtype)  # L × out × in, fp32
         base_gram = w0 @ w0.transpose(1, 2)
         base_gram_sq = base_gram.square()
         base_row_sq = w0.pow(2).sum(2)

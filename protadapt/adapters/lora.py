@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from protadapt.adapters.base import AdapterConfig, LinearAdapter
+from protadapt.adapters.base import AdapterConfig, LinearAdapter, adapter_dtype
 from protadapt.adapters.registry import linear_method, register_method
 
 LOW_RANK_SETTINGS = ("rank", "alpha", "include_ffn", "targets")  # what shapes and scales the saved A, B
@@ -18,10 +18,11 @@ class LoRALinear(LinearAdapter):
     def __init__(self, base_layer: nn.Linear, config: AdapterConfig):
         super().__init__(base_layer)
         weight = base_layer.weight
+        dtype = adapter_dtype(weight)  # fp32 also over a bf16-stored base weight
         self.rank = config.rank
         self.scaling = config.alpha / config.rank
-        self.down = nn.Parameter(torch.empty(config.rank, self.in_features, dtype=weight.dtype, device=weight.device))  # A
-        self.up = nn.Parameter(torch.empty(self.out_features, config.rank, dtype=weight.dtype, device=weight.device))  # B
+        self.down = nn.Parameter(torch.empty(config.rank, self.in_features, dtype=dtype, device=weight.device))  # A
+        self.up = nn.Parameter(torch.empty(self.out_features, config.rank, dtype=dtype, device=weight.device))  # B
         self.reset_low_rank()
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
@@ -49,12 +50,12 @@ class LoRALinear(LinearAdapter):
 
     def fuses(self, x: torch.Tensor) -> bool:
         """Whether the forward takes `fused_low_rank_linear`: no dropout (it needs one input for both
-        paths), frozen base tensors, and enough rows that forming the out × in weight is the cheaper
+        paths), frozen base tensors in the adapter's dtype (a bf16-stored W0 takes the unfused path), and enough rows that forming the out × in weight is the cheaper
         side (rows·(in+out) ≥ in·out: on 8M, 64 rows and more)."""
         base = self.base_layer
         frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
         rows = x.numel() // self.in_features
-        return (isinstance(self.dropout, nn.Identity) and frozen
+        return (isinstance(self.dropout, nn.Identity) and frozen and base.weight.dtype == self.down.dtype
                 and rows * (self.in_features + self.out_features) >= self.in_features * self.out_features)
 
     def add_low_rank(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from protadapt.backbones import bert, esm, esmc, hf
-from protadapt.backbones.base import FAMILIES, Architecture, Backbone, BackboneError, family
+from protadapt.backbones.base import FAMILIES, WEIGHT_DTYPES, Architecture, Backbone, BackboneError, family, \
+    store_frozen_weights
 from protadapt.backbones.esm import (
     FAIR_ESM_URL,
     KNOWN_SHA256,
@@ -170,5 +171,5 @@ __all__ = [
     "ARCHITECTURES", "FAIR_ESM_URL", "FAMILIES", "HF_DERIVED", "HF_TO_FAIR_ESM", "KNOWN_SHA256", "MAX_RESIDUES",
     "MODEL_DIR_ENV", "Architecture", "Backbone", "BackboneError", "build_model", "build_random", "download",
     "hf_architecture", "hf_to_fair_esm_key", "hf_weight_locations", "linear_shapes", "load_backbone", "load_hf_directory", "rebuild",
-    "resolve_architecture", "weight_search_paths", "wrap_esm",
+    "resolve_architecture", "store_frozen_weights", "weight_search_paths", "WEIGHT_DTYPES", "wrap_esm",
 ]

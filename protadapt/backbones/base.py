@@ -11,8 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+
+# `backbone_dtype`: how the frozen weights are stored (bfloat16 halves their bytes; see `store_frozen_weights`)
+WEIGHT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class BackboneError(RuntimeError):
@@ -124,6 +129,65 @@ def insert_prompt(x: torch.Tensor, keep: torch.Tensor, prompt: torch.Tensor | No
 def drop_prompt(x: torch.Tensor, num_prompts: int) -> torch.Tensor:
     """The inverse of `insert_prompt` on the output: positions 1 … p removed."""
     return torch.cat([x[:, :1], x[:, 1 + num_prompts:]], dim=1) if num_prompts else x
+
+
+def store_frozen_weights(backbone: Backbone, dtype: str) -> Backbone:
+    """`backbone_dtype`: keep the frozen linear and embedding weights in `dtype`, half the bytes for bf16.
+
+    Each such layer upcasts its weight to the activations' dtype when it is used (one layer's copy at
+    a time, `frozen_linear`), so without autocast the step computes in fp32 — on CPUs without bf16
+    instructions bf16 GEMMs are 6-40× slower (benchmarks/results/memory.md) — and under
+    `trainer.precision=bf16-mixed` autocast makes it bf16 as usual (GPUs). Activations and the output
+    stay in fp32. LayerNorms, every other parameter and the buffers (rotary frequencies) keep fp32:
+    they are <0.1 % of the bytes. Call it before adapters are applied; they stay fp32 over the bf16
+    weight (`adapters.base.adapter_dtype`). Only for frozen weights: the layers give no weight gradient.
+    """
+    target = WEIGHT_DTYPES[dtype]
+    if target == torch.float32:
+        return backbone
+    for module in backbone.modules():
+        stored = {nn.Linear: StoredLinear, nn.Embedding: StoredEmbedding}.get(type(module))
+        if stored is not None:
+            for parameter in module.parameters(recurse=False):
+                parameter.data = parameter.data.to(target)
+            module.__class__ = stored  # same parameters and names, an upcasting forward
+        if hasattr(module, "enable_torch_version"):  # fair-esm's fused attention (ESM-1b) reads weights directly
+            module.enable_torch_version = False
+    return backbone
+
+
+class StoredLinear(nn.Linear):
+    """A frozen `nn.Linear` whose weight is stored in bf16 and upcast per use (`store_frozen_weights`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return frozen_linear(x, self.weight, self.bias)
+
+
+class StoredEmbedding(nn.Embedding):
+    """A frozen `nn.Embedding` stored in bf16: the looked-up rows are returned in fp32."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return super().forward(tokens).float()
+
+
+def frozen_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` with a frozen `weight` stored lower than `x`: upcast per use, and backward
+    upcasts again instead of keeping an fp32 copy (which would undo the memory saved). No weight gradient."""
+    if weight.dtype == x.dtype or torch.is_autocast_enabled(x.device.type):  # autocast casts by itself
+        return F.linear(x, weight, bias)
+    return _FrozenLinear.apply(x, weight, bias)
+
+
+class _FrozenLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (weight,) = ctx.saved_tensors
+        return grad @ weight.to(grad.dtype), None, None
 
 
 # Families by `Architecture.family`: each module registers its Backbone subclass on import.

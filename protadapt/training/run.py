@@ -27,7 +27,7 @@ import torch
 
 from protadapt import rundir
 from protadapt.adapters import count_trainable
-from protadapt.backbones import load_backbone
+from protadapt.backbones import load_backbone, store_frozen_weights
 from protadapt.config import RunConfig, with_method_defaults
 from protadapt.data.datamodule import ProteinDataModule
 from protadapt.data.io import DataError
@@ -133,7 +133,8 @@ def limit_lengths(rows: pd.DataFrame, max_residues: int, truncate: bool, part: s
 
 def build_predictor(config: RunConfig, task: Task, train: pd.DataFrame) -> ProteinPredictor:
     """The backbone with the configured method and a head sized for the task's classes."""
-    backbone = load_backbone(config.backbone, random_init=config.random_init)
+    backbone = store_frozen_weights(load_backbone(config.backbone, random_init=config.random_init),
+                                    config.backbone_dtype)
     labels = class_labels(task, train)
     head = replace(config.head, problem_type=task.problem_type,
                    num_classes=max(2, len(labels)) if task.problem_type == "classification" else 1)
