@@ -179,7 +179,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     trainer = parser.add_argument_group("scaling out (passed to the Lightning Trainer)")
     trainer.add_argument("--accelerator", help="cpu, gpu, mps or auto")
     trainer.add_argument("--devices", help="number of devices, or a list such as 0,1")
-    trainer.add_argument("--strategy", help="auto, ddp, ddp_spawn, ...")
+    trainer.add_argument("--strategy", help="auto, ddp, ddp_spawn, fsdp (sharded: README, Beyond one GPU), ...")
     trainer.add_argument("--num-nodes", type=int)
     trainer.add_argument("--precision", help="32-true, bf16-mixed, 16-mixed")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",

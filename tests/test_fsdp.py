@@ -241,16 +241,3 @@ def test_a_run_trained_under_fsdp_is_a_ddp_run_and_reloads_without_fsdp(small_ta
     written, predicted = pd.read_csv(sharded / "predictions.csv"), pd.read_csv(tmp_path / "pred.csv")
     assert list(predicted["id"]) == list(written["id"])
     assert (predicted["prob_1"] - written["prob_1"]).abs().max() < 1e-6
-
-
-@pytest.mark.slow  # two 2-process fits and two predicts: ~5 min on 2 shared cores
-def test_the_gpu_fsdp_script_runs_end_to_end_on_two_cpu_ranks(tmp_path):
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    environment = os.environ | {"DEVICE": "cpu", "PROTADAPT_RESULTS_DIR": str(tmp_path), "PATH": path,
-                                "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_fsdp.sh")], env=environment,
-                               capture_output=True, text=True, check=False)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = [line.split("|") for line in (tmp_path / "fsdp_cpu.md").read_text().splitlines() if line.startswith("| tiny")]
-    assert [row[2].strip() for row in rows] == ["lora", "dora"]
-    assert all(row[3].strip() == "2" and float(row[7]) <= 1e-6 for row in rows)
