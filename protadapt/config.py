@@ -47,6 +47,7 @@ class DataConfig:
     labels_file: str | None = None  # custom task: CSV/TSV of id,label for an unlabelled train_file (FASTA)
     conflicts: str = "error"  # identical sequences with different labels: error | drop (every copy)
     duplicate_ids: str = "error"  # repeated ids: error | suffix (id_2, id_3, ...)
+    embeddings_file: str | None = None  # --method probe: vectors by id (.npz/.h5/.parquet as `protadapt embed` writes)
     batch_size: int = 16
     num_workers: int = 0
 
@@ -188,6 +189,9 @@ def check_choices(config: RunConfig) -> None:
                        ("uncertainty.alpha", config.uncertainty.alpha)):
         if not 0 <= value < 1 or (key == "uncertainty.alpha" and value == 0):
             raise ConfigError(f"{key} must be in [0, 1) (alpha above 0), not {value}")
+    if config.data.embeddings_file and config.adapter.method != "probe":
+        raise ConfigError(f"data.embeddings_file feeds only --method probe (a linear probe on its vectors), not "
+                          f"'{config.adapter.method}'; use --method probe or unset data.embeddings_file")
     if config.uncertainty.ece_bins < 1:
         raise ConfigError(f"uncertainty.ece_bins must be at least 1, not {config.uncertainty.ece_bins}")
     for key, value in {"adapter.rank": config.adapter.rank, "optim.max_epochs": config.optim.max_epochs,
