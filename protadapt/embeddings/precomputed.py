@@ -8,6 +8,7 @@ the run directory can keep. A file is read once per process (until it changes on
 
 from __future__ import annotations
 
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
@@ -29,7 +30,8 @@ def file_features(path: str | Path, ids: Sequence[str], backbone, layers: Sequen
     missing = [str(i) for i in dict.fromkeys(ids) if str(i) not in index]
     if missing:
         raise DataError(f"data.embeddings_file {path}: no vector for {len(missing)} record(s) "
-                        f"({_named(missing)}); embed them with `protadapt embed` (the file must hold every id)")
+                        f"({_named(missing)}); a probe on data.embeddings_file reads every record's vector from it: "
+                        f"add them with `protadapt embed`")
     rows = np.fromiter((index[str(i)] for i in ids), dtype=np.int64, count=len(ids))
     layers = dict.fromkeys(resolve_layer(backbone, layer) for layer in layers)
     return {layer: _array(path, f"{pooling}_layer{layer}", backbone)[rows].astype(np.float32) for layer in layers}
@@ -112,6 +114,9 @@ def _pooled(names) -> list[str]:
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"data.embeddings_file {path}: not an .npz archive; write it with "
+                        f"`protadapt embed -o FILE.npz`")
     with np.load(path, allow_pickle=False) as data:
         return {name: data[name] for name in _pooled(data.files)}
 
@@ -125,7 +130,11 @@ def _read_h5(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_parquet(path: str) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError:
+        raise DataError(f"data.embeddings_file {path}: reading .parquet needs the pyarrow package: "
+                        f"pip install pyarrow") from None
 
     table = pq.read_table(path)
     arrays = {"ids": np.asarray(table.column("id").to_pylist(), dtype=str)} if "id" in table.column_names else {}
