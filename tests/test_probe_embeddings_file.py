@@ -53,7 +53,10 @@ def test_probe_on_the_file_equals_the_probe_on_the_backbone(task_files, tmp_path
     for split in ("val", "test"):
         assert from_file[split].keys() == from_backbone[split].keys()
         for metric, value in from_backbone[split].items():
-            assert from_file[split][metric] == pytest.approx(value, abs=1e-6), (split, metric)
+            # the file's vectors were embedded in other batches (other padding): ~1e-7 apart, so probabilities
+            # agree to 1e-6, but a probability that close to a bin edge moves the binned ECE by more
+            tolerance = 1e-3 if metric == "ece" else 1e-6
+            assert from_file[split][metric] == pytest.approx(value, abs=tolerance), (split, metric)
     probe = json.loads((tmp_path / "file" / "probe.json").read_text())
     assert probe["embeddings_file"] == str((task_files / "all.npz").resolve())
     assert json.loads((tmp_path / "file" / "adapter.json").read_text())["embeddings_file"] == probe["embeddings_file"]
