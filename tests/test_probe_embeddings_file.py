@@ -79,7 +79,6 @@ def test_missing_ids_are_a_one_line_error_naming_the_file_and_the_first_ids(task
     missing = data["ids"][~keep]
     assert "part.npz" in err and "no vector for 7 record(s)" in err
     assert all(f"'{i}'" in err for i in missing[:5]) and f"'{missing[5]}'" not in err and "… 2 more" in err
-    assert not (tmp_path / "run").exists()
 
 
 def test_extra_ids_in_no_split_are_a_one_line_error(task_files, tmp_path, capsys):
