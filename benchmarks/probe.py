@@ -4,7 +4,8 @@ Command: `python -m benchmarks.probe` (add `--device cuda` on a GPU). Backbone: 
 architecture, random init (no weights here). bbb: probe cold, probe warm, and `cv --method lora`
 with the default settings; thermostability: probe cold and warm (`--thermostability-lora` adds
 LoRA, which takes hours on a CPU). Each cv runs in this process after a warm-up, so imports are
-not counted; wall seconds, one run each (the folds are themselves repeats). Writes
+not counted; wall seconds and this process's CPU seconds (user + system, which other jobs on a
+shared machine inflate less), one run each (the folds are themselves repeats). Writes
 benchmarks/results/probe.md.
 """
 
@@ -41,23 +42,24 @@ def main() -> None:
             cache = f"{scratch}/cache-{task}"
             cold = cv_seconds("probe", task, accelerator, cache, f"{scratch}/{task}-cold")
             warm = cv_seconds("probe", task, accelerator, cache, f"{scratch}/{task}-warm")
-            rows += [[task, "probe, cold cache", f"{cold[0]:.1f}", f"{cold[1]:.3f}", ""],
-                     [task, "probe, warm cache", f"{warm[0]:.1f}", f"{warm[1]:.3f}", f"{cold[0] / warm[0]:.1f}× faster than cold"]]
+            rows += [[task, "probe, cold cache", *cold, ""],
+                     [task, "probe, warm cache", *warm, f"{float(cold[1]) / float(warm[1]):.1f}× less CPU than cold"]]
             if task == "bbb" or args.thermostability_lora:
                 lora = cv_seconds("lora", task, accelerator, f"{scratch}/lora-cache", f"{scratch}/{task}-lora")
-                rows.append([task, "lora (default fit settings)", f"{lora[0]:.1f}", f"{lora[1]:.3f}",
-                             f"{lora[0] / warm[0]:.0f}× the warm probe"])
+                rows.append([task, "lora (default fit settings)", *lora,
+                             f"{float(lora[1]) / float(warm[1]):.0f}× the warm probe's CPU"])
     write_results(rows, device, load_before, os.getloadavg()[0])
 
 
-def cv_seconds(method: str, task: str, accelerator: str, cache: str, out: str) -> tuple[float, float]:
-    """(wall seconds, mean fold accuracy) of a 5-fold cv on the task's training split."""
+def cv_seconds(method: str, task: str, accelerator: str, cache: str, out: str) -> list[str]:
+    """[wall seconds, CPU seconds, mean fold accuracy] of a 5-fold cv on the task's training split."""
     config = load_config(None, [f"data.task={task}", f"adapter.method={method}", f"backbone={BACKBONE}",
                                 "random_init=true", "quiet=true", f"cache.directory={cache}",
                                 f"trainer.accelerator={accelerator}", "trainer.logger=none"])
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     table = cross_validate(config, Folds(5), out)
-    return time.perf_counter() - started, float(table["accuracy"].mean())
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return [f"{wall:.1f}", f"{cpu:.1f}", f"{float(table['accuracy'].mean()):.3f}"]
 
 
 def write_results(rows: list, device: torch.device, load_before: float, load_after: float) -> None:
@@ -68,8 +70,10 @@ def write_results(rows: list, device: torch.device, load_before: float, load_aft
         f"{load_after:.1f} after (2 cores; other jobs shared the machine when the load exceeds 2).", "",
         "Each row is one `cross_validate(..., Folds(5))` in-process after a warm-up (imports not counted), "
         "5 folds of the task's training split (bbb 198 peptides, thermostability 1,768 proteins), seed 0. "
-        "Accuracy is the mean over folds — random weights, so it says nothing about pretrained models.", "",
-        markdown_table(["task", "run", "wall s", "mean fold accuracy", "note"], rows), "",
+        "Accuracy is the mean over folds — random weights, so it says nothing about pretrained models. "
+        "CPU s is this process's user + system time: where other jobs share the cores, wall time grows with the "
+        "load and CPU time much less, so compare CPU s across runs. `cv` folds draw no test-set figures.", "",
+        markdown_table(["task", "run", "wall s", "CPU s", "mean fold accuracy", "note"], rows), "",
         "Goal (issue #17): warm-cache probe cv on bbb under 5 s here.", ""])
     write_result(text, "probe", device)
 

@@ -50,6 +50,7 @@ class DataConfig:
     labels_file: str | None = None  # custom task: CSV/TSV of id,label for an unlabelled train_file (FASTA)
     conflicts: str = "error"  # identical sequences with different labels: error | drop (every copy)
     duplicate_ids: str = "error"  # repeated ids: error | suffix (id_2, id_3, ...)
+    embeddings_file: str | None = None  # --method probe: vectors by id (.npz/.h5/.parquet as `protadapt embed` writes)
     batch_size: int = 16
     num_workers: int = 0
     # ESM-2 layers padding-free (packed sequences, block-diagonal attention): off | on | auto (what
@@ -229,6 +230,9 @@ def check_choices(config: RunConfig) -> None:
     if config.backbone_dtype != "float32" and config.adapter.method not in BF16_METHODS:
         raise ConfigError(f"backbone_dtype={config.backbone_dtype} works with {', '.join(BF16_METHODS)}, not "
                           f"{config.adapter.method}; use backbone_dtype=float32 with trainer.precision=bf16-mixed")
+    if config.data.embeddings_file and config.adapter.method != "probe":
+        raise ConfigError(f"data.embeddings_file feeds only --method probe (a linear probe on its vectors), not "
+                          f"'{config.adapter.method}'; use --method probe or unset data.embeddings_file")
     if config.uncertainty.ece_bins < 1:
         raise ConfigError(f"uncertainty.ece_bins must be at least 1, not {config.uncertainty.ece_bins}")
     for key, value in {"adapter.rank": config.adapter.rank, "optim.max_epochs": config.optim.max_epochs,

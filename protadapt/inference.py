@@ -10,6 +10,7 @@ from protadapt.adapters import merge_adapters, unmerge_adapters
 from protadapt.data.datamodule import make_loader
 from protadapt.embeddings.cache import EmbeddingCache
 from protadapt.embeddings.extract import pooled_embeddings
+from protadapt.embeddings.precomputed import file_features
 from protadapt.evaluation.metrics import compute_metrics
 from protadapt.model import ProteinPredictor
 
@@ -37,6 +38,8 @@ def predict_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size:
     """
     if precision not in AUTOCAST_DTYPES:
         raise ValueError(f"unknown precision '{precision}'; choose one of: {', '.join(AUTOCAST_DTYPES)}")
+    if predictor.embeddings_file:  # a probe fitted on precomputed vectors reads them by record id
+        return head_scores(predictor, precomputed_vectors(predictor, frame))
     if cache is not None and predictor.method.frozen_features and precision == "32":
         return cached_scores(predictor, frame, batch_size, cache)
     loader = make_loader(frame.reset_index(drop=True), predictor.backbone.alphabet, batch_size=batch_size,
@@ -70,13 +73,26 @@ def cached_scores(predictor: ProteinPredictor, frame: pd.DataFrame, batch_size: 
     layer = backbone.architecture.num_layers if backbone.output_layer is None else backbone.output_layer
     pooled = pooled_embeddings(backbone, frame["sequence"].tolist(), (layer,), predictor.head_config.pooling,
                                batch_size, cache)
+    return head_scores(predictor, pooled[layer])
+
+
+def precomputed_vectors(predictor: ProteinPredictor, frame: pd.DataFrame) -> np.ndarray:
+    """The frame's pooled vectors of the probe's layer, from the run's `data.embeddings_file`."""
+    backbone = predictor.backbone
+    layer = backbone.architecture.num_layers if backbone.output_layer is None else backbone.output_layer
+    vectors = file_features(predictor.embeddings_file, frame["id"].astype(str).tolist(), backbone, (layer,),
+                            predictor.head_config.pooling)
+    return vectors[layer]
+
+
+def head_scores(predictor: ProteinPredictor, pooled: np.ndarray) -> np.ndarray:
+    """The head on pooled embeddings `[N, E]`: what the forward computes after the backbone."""
     device = next(predictor.parameters()).device
     was_training = predictor.training
     predictor.eval()
     try:
         with torch.inference_mode():
-            output = predictor.head(torch.from_numpy(next(iter(pooled.values()))).to(device))
-            return predictor.scores(output).cpu().numpy()
+            return predictor.scores(predictor.head(torch.from_numpy(pooled).to(device))).cpu().numpy()
     finally:
         predictor.train(was_training)
 

@@ -35,6 +35,7 @@ class ProteinPredictor(nn.Module):
         self.adapted_layers = apply_method(backbone, adapter_config)
         self.head = Head(backbone.embed_dim, head_config)
         self.labels: list = []  # class labels in output order; saved as the run's metadata
+        self.embeddings_file: str | None = None  # a probe on precomputed vectors (data.embeddings_file); saved
 
     @property
     def method(self) -> Method:
@@ -90,6 +91,7 @@ class ProteinPredictor(nn.Module):
                                                                "source": self.backbone.source},
             "adapter": asdict(self.adapter_config),
             "head": asdict(self.head_config),
+            **({"embeddings_file": self.embeddings_file} if self.embeddings_file else {}),
             **(metadata or {}),
         }
         save_tensors(self.trainable_state(), metadata, Path(directory))
@@ -118,6 +120,7 @@ class ProteinPredictor(nn.Module):
         predictor = cls(backbone, HeadConfig.from_dict(metadata["head"]), AdapterConfig.from_dict(metadata["adapter"]))
         predictor.load_saved(state, metadata, directory)
         predictor.labels = list(metadata.get("labels", []))
+        predictor.embeddings_file = metadata.get("embeddings_file")
         return predictor.eval(), metadata
 
 

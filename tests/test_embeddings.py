@@ -130,3 +130,25 @@ def test_a_failed_write_leaves_no_file(tmp_path):
             writer.write(["a"], {"mean_layer1": np.zeros((1, 3), dtype=np.float32)})
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_c_walk_stops_two_steps_past_the_lowest_cv_loss(monkeypatch):
+    from protadapt.embeddings import probe
+
+    fits = []
+
+    class Counted(LogisticRegression):
+        def fit(self, x, y):
+            fits.append(self.C)
+            return super().fit(x, y)
+
+    monkeypatch.setattr(probe, "LogisticRegression", Counted)
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(60, 20)), rng.integers(0, 2, 60)  # noise: the loss only rises as C grows
+    fit = fit_probe({-1: x}, y, "classification")
+    search = GridSearchCV(LogisticRegression(max_iter=5000), {"C": C_GRID}, scoring="neg_log_loss",
+                          cv=StratifiedKFold(5, shuffle=True, random_state=0)).fit(StandardScaler().fit_transform(x), y)
+    assert fit.regularisation == search.best_params_["C"]  # the full grid picks the same C
+    walked = list(C_GRID).index(fit.regularisation) + 1 + probe.C_PATIENCE
+    assert walked < len(C_GRID) and len(fits) == 5 * walked + 1  # 5 folds per C walked, then the refit
+    assert max(fits) == C_GRID[walked - 1]

@@ -93,6 +93,7 @@ def test_cv_probe_on_the_8m_architecture_offline(tmp_path, cache_dir, capsys):
     assert code == 0, capsys.readouterr().err
     folds = pd.read_csv(tmp_path / "cv" / "folds.csv")
     assert len(folds) == 3 and folds["accuracy"].between(0.4, 1.0).all() and folds["n"].sum() == 198
+    assert not list((tmp_path / "cv").glob("*/*.png"))  # folds draw no test-set figures (~1 s each)
 
 
 def test_probe_refuses_a_hidden_head(tmp_path, cache_dir, capsys):

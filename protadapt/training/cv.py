@@ -52,7 +52,8 @@ def cross_validate_claimed(config: RunConfig, folds: Folds, out: Path, resume: b
     progress = tqdm(list(splits), desc="cv folds", unit="fold", disable=config.quiet or global_rank() != 0)
     for number, (train_idx, test_idx) in enumerate(progress):
         repeat, fold = divmod(number, folds.folds)
-        result = fit(config, out / f"repeat{repeat}-fold{fold}", resume=resume, train=train.iloc[train_idx], test=train.iloc[test_idx])
+        result = fit(config, out / f"repeat{repeat}-fold{fold}", resume=resume, train=train.iloc[train_idx],
+                     test=train.iloc[test_idx], figures=False)
         if result.is_global_zero:
             rows.append({"repeat": repeat, "fold": fold, **result.metrics["test"]})
     if global_rank() != 0:

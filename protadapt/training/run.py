@@ -61,23 +61,25 @@ class RunResult:
 
 def fit(config: RunConfig, run_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
         train: pd.DataFrame | None = None, test: pd.DataFrame | None = None,
-        refit_default: bool = False) -> RunResult:
+        refit_default: bool = False, figures: bool = True) -> RunResult:
     """Train one model and write its run directory; `train`/`test` override the task's split.
 
     `refit_default`: whether an unset `optim.refit` refits (`compare` passes True). An unset `optim.lr` is
-    the method's default (`config.METHOD_DEFAULTS`); run.json records which settings were defaulted."""
+    the method's default (`config.METHOD_DEFAULTS`); run.json records which settings were defaulted.
+    `figures`: draw the test-set figures (`cv` folds do not: ~1 s of CPU each, more than a warm probe fold)."""
     run_dir = Path(run_dir or default_run_dir(config))
     config, defaulted = with_method_defaults(config)
     check_resume_config(run_dir, config, resume)
     with rundir.claim(run_dir, resume=resume, overwrite=overwrite), interruptible():
-        result = fit_claimed(config, run_dir, resume, train, test, refit_default, defaulted)
+        result = fit_claimed(config, run_dir, resume, train, test, refit_default, defaulted, figures)
         if result.is_global_zero:
             rundir.mark_complete(run_dir)  # last: a run without it is incomplete
         return result
 
 
 def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFrame | None,
-                test: pd.DataFrame | None, refit_default: bool = False, defaulted: dict | None = None) -> RunResult:
+                test: pd.DataFrame | None, refit_default: bool = False, defaulted: dict | None = None,
+                figures: bool = True) -> RunResult:
     """`fit` inside its run directory's lock."""
     started = time.perf_counter()
     task = resolve_task(config.data)
@@ -105,7 +107,8 @@ def fit_claimed(config: RunConfig, run_dir: Path, resume: bool, train: pd.DataFr
     config.save(run_dir / "config.yaml")
     calibrate_run(predictor, run_dir, train, datamodule.inner_val_df, calibration, config.uncertainty,
                   config.data.batch_size, inference_precision(config.trainer.precision))
-    metrics = {**evaluate_run(predictor, datamodule.inner_val_df, test, config, run_dir, refit_default), **trained}
+    evaluated = evaluate_run(predictor, datamodule.inner_val_df, test, config, run_dir, refit_default, figures)
+    metrics = {**evaluated, **trained}
     write_json_atomic(metrics, run_dir / "metrics.json")
     record = run_record(predictor, time.perf_counter() - started, ranks)
     write_json_atomic({**record, "optim_lr": config.optim.lr, "method_defaults": defaulted or {}},
@@ -193,7 +196,7 @@ def train_predictor(predictor: ProteinPredictor, datamodule: ProteinDataModule, 
 
 
 def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.DataFrame | None,
-                 config: RunConfig, run_dir: Path, refit_default: bool = False) -> dict:
+                 config: RunConfig, run_dir: Path, refit_default: bool = False, figures: bool = True) -> dict:
     """Validation and test metrics, the test predictions and the figures, at the training precision."""
     precision = inference_precision(config.trainer.precision)
     batch_size = config.data.batch_size
@@ -212,7 +215,9 @@ def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.
         metrics["test"] = evaluate_frame(predictor, test, batch_size=batch_size, scores=scores) | test_extra
         metrics |= extra
         write_csv_atomic(table, run_dir / "predictions.csv")
-        plot_predictions(test["label"].to_numpy(), scores, predictor.problem_type, run_dir, config.uncertainty.ece_bins)
+        if figures:
+            plot_predictions(test["label"].to_numpy(), scores, predictor.problem_type, run_dir,
+                             config.uncertainty.ece_bins)
     for curves in sorted((run_dir / "logs").glob("*/metrics.csv")):
         plot_training_curves(curves, run_dir / f"training_curves_{curves.parent.name}.png")
     return metrics
