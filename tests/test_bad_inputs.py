@@ -83,7 +83,7 @@ TRAIN_CASES = [(f"{command}-{name}", command, name) for command in ("fit", "cv")
 # ------------------------------------------------------------------ config keys, values, types, choices
 BAD_OVERRIDES = [
     "nokey=1", "data.nokey=1", "adapter.nokey=1", "head.nokey=1", "optim.nokey=1", "bilevel.nokey=1",
-    "trainer.nokey=1", "optim=3", "data=x", "noequals", "optim.lr=abc", "optim.lr=", "optim.max_epochs=1.5",
+    "trainer.nokey=1", "optim=3", "data=x", "noequals", "optim.lr=abc", "optim.max_epochs=1.5",
     "optim.max_epochs=0", "optim.max_epochs=-3", "optim.patience=many", "adapter.rank=0", "adapter.rank=-1",
     "adapter.rank=two", "adapter.alpha=big", "adapter.include_ffn=maybe", "adapter.method=nope", "head.pooling=nope",
     "optim.schedule=nope", "bilevel.hypergradient=nope", "trainer.logger=nope", "trainer.logger=csv,nope",
