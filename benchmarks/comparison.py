@@ -129,7 +129,7 @@ def full_stages(methods: list[str], args: argparse.Namespace) -> list[Stage]:
     """bbb × 5 seeds on its whole training split, then thermostability and mic × 3 seeds on fixed subsamples."""
     limits = parse_max_train(args.max_train)
     ceilings = {"bbb": 20, "thermostability": 20, "mic": 20}
-    ceilings.update({t: int(args.epochs) for t in ceilings} if args.epochs.isdigit() else parse_max_train(args.epochs))
+    ceilings.update({t: int(args.epochs) for t in ceilings} if args.epochs.isdigit() else parse_max_train(args.epochs, "--epochs", "EPOCHS"))
     bbb, thermostability, mic = ([f"optim.max_epochs={ceilings[t]}"] for t in ("bbb", "thermostability", "mic"))
     return [
         Stage(Grid(["bbb"], methods, [0, 1, 2, 3, 4]), [*bbb, "data.batch_size=32"],

@@ -222,14 +222,14 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"seeds '{text}': use a range like 0-4 or a list like 0,1,2") from None
     return seeds
 
-def parse_max_train(text: str | None) -> dict[str, int]:
-    """`thermostability=400,mic=800` → {"thermostability": 400, "mic": 800}."""
+def parse_max_train(text: str | None, option: str = "--max-train", unit: str = "ROWS") -> dict[str, int]:
+    """`thermostability=400,mic=800` → {"thermostability": 400, "mic": 800}; `option` and `unit` name it in errors."""
     limits = {}
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        task, sep, rows = part.partition("=")
-        if not sep or not rows.strip().isdigit():
-            raise ValueError(f"--max-train '{text}': use TASK=ROWS pairs, e.g. thermostability=400,mic=800")
-        limits[task.strip()] = int(rows)
+        task, sep, count = part.partition("=")
+        if not sep or not count.strip().isdigit():
+            raise ValueError(f"{option} '{text}': use TASK={unit} pairs, e.g. thermostability=400,mic=800")
+        limits[task.strip()] = int(count)
     return limits
 
 

@@ -239,6 +239,10 @@ def check_choices(config: RunConfig) -> None:
                        "data.batch_size": config.data.batch_size}.items():
         if value < 1:
             raise ConfigError(f"{key} must be at least 1, not {value}")
+    for key, value in {"optim.lr": config.optim.lr, "bilevel.magnitude_lr": config.bilevel.magnitude_lr,
+                       "bilevel.retrain_lr": config.bilevel.retrain_lr}.items():
+        if value is not None and value < 0:
+            raise ConfigError(f"{key} must be 0 or above, not {value}")
     if config.bilevel.unroll_steps < 1:
         raise ConfigError(f"bilevel.unroll_steps must be at least 1, not {config.bilevel.unroll_steps}")
     if config.trainer.strategy == "fsdp":

@@ -327,6 +327,21 @@ def test_save_then_load_into_a_fresh_backbone_reproduces_predictions_exactly(met
     assert saved_metadata["backbone"]["pretrained"] is False
 
 
+@pytest.mark.parametrize("text, reason", [("{oops", "not valid JSON: Expecting property name enclosed in double "
+                                                      "quotes at line 1 column 2"),
+                                           ("[1, 2]", "a JSON list, not an object")])
+def test_a_damaged_adapter_json_is_one_line_naming_the_file(text, reason, tmp_path):
+    from protadapt.adapters import AdapterError
+    from protadapt.adapters.base import load_tensors
+
+    trained_predictor("lora").save(tmp_path)
+    (tmp_path / "adapter.json").write_text(text)
+    with pytest.raises(AdapterError) as caught:
+        load_tensors(tmp_path)
+    assert str(caught.value) == (f"{tmp_path / 'adapter.json'}: unreadable ({reason}); "
+                                 "save the run again with `protadapt fit`")
+
+
 def test_load_from_metadata_rebuilds_a_random_backbone_with_its_seed(tmp_path, tokens):
     predictor = trained_predictor("dora", seed=4)
     predictor.save(tmp_path)

@@ -91,6 +91,7 @@ BAD_OVERRIDES = [
     "random_init=maybe", "quiet=3", "data.task=nope", "data.conflicts=keep", "data.duplicate_ids=x",
     "data.task=custom", "data.task=custom data.train_file=missing.csv", "data.train_file=missing.csv",
     "backbone=no_such_backbone", "bilevel.retrain=sometimes", "head.problem_type=nope",
+    "optim.lr=-1e-4",
 ]
 CONFIG_CASES = [(f"fit-{override}", "fit", override) for override in BAD_OVERRIDES]
 CONFIG_CASES += [(f"cv-{override}", "cv", override) for override in BAD_OVERRIDES[:14]]

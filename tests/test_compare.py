@@ -110,6 +110,9 @@ def test_seed_and_subsample_parsing():
     assert parse_max_train("thermostability=400,mic=800") == {"thermostability": 400, "mic": 800}
     with pytest.raises(ValueError, match="TASK=ROWS"):
         parse_max_train("mic")
+    with pytest.raises(ValueError) as caught:
+        parse_max_train("bbb=x", "--epochs", "EPOCHS")
+    assert str(caught.value) == "--epochs 'bbb=x': use TASK=EPOCHS pairs, e.g. thermostability=400,mic=800"
     frame = pd.DataFrame({"sequence": ["A"] * 100, "label": [0] * 70 + [1] * 30})
     kept = subsample(frame, 20, "classification")
     assert len(kept) == 20 and kept["label"].sum() == 6  # stratified: 14 + 6

@@ -152,3 +152,26 @@ def test_training_after_an_inference_mode_forward_of_the_same_length(packing):
         model(tokens)
     loss, grads = step(model, tokens)
     assert torch.isfinite(loss) and grads["head.layers.1.weight"].abs().max() > 0
+
+
+def test_packing_belongs_to_the_training_loop_and_scoring_after_it_pads(tmp_path, monkeypatch):
+    """Steps and validation run packed; calibration, evaluation and predictions.csv after the fit run padded."""
+    from protadapt.backbones import esm
+    from protadapt.config import load_config
+    from protadapt.training import calibrate, run
+
+    forwards: list[str] = []
+    real_attention = esm.attention_for
+    monkeypatch.setattr(esm, "attention_for", lambda packing, device: forwards.append(packing)
+                        or real_attention(packing, device))
+    scorings: list[str] = []
+    for module in (calibrate, run):
+        real_scores = module.predict_scores
+        monkeypatch.setattr(module, "predict_scores", lambda predictor, *a, real=real_scores, **k:
+                            scorings.append(predictor.backbone.packing) or real(predictor, *a, **k))
+    run.fit(load_config(None, ["backbone=tiny", "quiet=true", "data.batch_size=64", "optim.max_epochs=1",
+                               "optim.refit=false", "data.packing=loop", "uncertainty.temperature=true",
+                               "data.calibration_fraction=0.2"]), tmp_path / "run")
+    assert scorings == ["off"] * 4  # temperature, conformal, inner-val and test scoring: padded
+    first_padded = forwards.index("off")
+    assert first_padded > 0 and set(forwards[:first_padded]) == {"loop"}  # the training loop's own passes

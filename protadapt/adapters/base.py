@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from protadapt.files import read_safetensors
+from protadapt.files import read_json, read_safetensors
 
 ATTENTION_TARGETS = (r"layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|out_proj)",)
 FFN_TARGETS = (r"layers\.\d+\.(fc1|fc2)",)
@@ -243,11 +243,7 @@ def load_tensors(directory: Path, stem: str = "adapter") -> tuple[dict[str, torc
         if not path.exists():
             raise AdapterError(f"{path}: missing; a saved adapter is {stem}.safetensors plus {stem}.json")
     state = read_safetensors(weights, AdapterError)
-    try:
-        metadata = json.loads(config.read_text())
-    except json.JSONDecodeError as error:
-        raise AdapterError(f"{config}: not valid JSON ({error})") from None
-    return state, metadata
+    return state, read_json(config, AdapterError, "save the run again with `protadapt fit`")
 
 
 def load_state_exact(module: nn.Module, state: dict[str, torch.Tensor], expected: set[str], source: Path) -> None:

@@ -198,7 +198,6 @@ def train_predictor(predictor: ProteinPredictor, datamodule: ProteinDataModule, 
 def evaluate_run(predictor: ProteinPredictor, inner_val: pd.DataFrame, test: pd.DataFrame | None,
                  config: RunConfig, run_dir: Path, refit_default: bool = False, figures: bool = True) -> dict:
     """Validation and test metrics, the test predictions and the figures, at the training precision."""
-    predictor.backbone.packing = "off"  # scored as `predict` scores (padded), so evaluate reproduces these bits
     precision = inference_precision(config.trainer.precision)
     batch_size = config.data.batch_size
     cache = EmbeddingCache(config.cache) if config.cache.enabled else None

@@ -6,8 +6,10 @@ gathered over all ranks (the same on each), and the rest are deprecations inside
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +59,7 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
     if resuming and finished(folder):  # this phase ended before the interruption: its last state, its RNG
         epoch = restore_finished(module, last)
     else:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), packed_while_training(module.predictor.backbone, config.data.packing):
             for noise in NOISE:
                 warnings.filterwarnings("ignore", message=noise)
             if config.quiet or phase.resume:
@@ -76,13 +78,23 @@ def train(module: PredictorModule, config: RunConfig, run_dir: Path, phase: Phas
 
 
 def prepare_backbone(module: PredictorModule, config: RunConfig) -> None:
-    """`trainer.checkpointing`, `data.packing` and `trainer.compile` on the module's backbone (compiled once, in place:
+    """`trainer.checkpointing` and `trainer.compile` on the module's backbone (compiled once, in place:
     `nn.Module.compile` keeps the parameter names, so checkpoints and saved adapters are unchanged)."""
     backbone = module.predictor.backbone
     backbone.checkpointing = config.trainer.checkpointing
-    backbone.packing = config.data.packing  # read by ESM-2 backbones (backbones/packing.py), ignored by others
     if config.trainer.compile and getattr(backbone, "_compiled_call_impl", None) is None:
         backbone.compile()
+
+
+@contextlib.contextmanager
+def packed_while_training(backbone, packing: str) -> Iterator[None]:
+    """`data.packing` for the training loop only (its steps and validation): scoring after it — calibration,
+    evaluation, `predict` — runs padded, so a run's saved predictions are the bits `predict` reproduces."""
+    backbone.packing = packing  # read by ESM-2 backbones (backbones/packing.py), ignored by others
+    try:
+        yield
+    finally:
+        backbone.packing = "off"
 
 
 def make_trainer(module: PredictorModule, config: RunConfig, run_dir: Path, phase: str, callbacks: list) -> L.Trainer:
