@@ -157,6 +157,33 @@ def test_fair_esm_checkpoint_round_trip(which, tmp_path, masked_tokens, backbone
         assert max_diff(ours, reference(masked_tokens, repr_layers=[layers])["representations"][layers]) <= 1e-5
 
 
+@pytest.mark.parametrize("legacy_format", [False, True], ids=["zip-format-mapped", "legacy-format"])
+def test_a_checkpoint_is_loaded_into_a_model_built_on_the_meta_device(legacy_format, tmp_path, monkeypatch,
+                                                                     masked_tokens):
+    """No random initialisation is paid for and thrown away; the contact head, absent from the file, is
+    initialised as fair-esm would; a legacy-format file (not memory-mappable) loads too."""
+    from protadapt.backbones import esm as esm_module
+
+    original = build_random(ARCHITECTURES["tiny"], seed=5)
+    path = write_esm2_checkpoint(original, tmp_path / "esm2_meta.pt")
+    if legacy_format:
+        data = torch.load(path, weights_only=False)
+        torch.save(data, path, _use_new_zipfile_serialization=False)
+    devices = []
+    real_build = esm_module.build_esm
+    monkeypatch.setattr(esm_module, "build_esm", lambda arch: devices.append(torch.empty(0).device.type)
+                        or real_build(arch))
+    loaded = load_backbone(str(path))
+    assert devices == ["meta"]
+    tensors = {**dict(loaded.model.named_parameters()), **dict(loaded.model.named_buffers())}
+    assert not any(t.is_meta for t in tensors.values())
+    assert all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point())
+    head = loaded.model.contact_head.regression
+    assert head.weight.abs().sum() > 0 and not torch.equal(head.weight, original.model.contact_head.regression.weight)
+    with torch.no_grad():
+        assert torch.equal(loaded(masked_tokens), original(masked_tokens))
+
+
 @pytest.mark.parametrize("fairseq_names", [True, False], ids=["encoder_-prefixed-args", "plain-args"])
 def test_esm1b_checkpoint_round_trip_matches_fair_esm(fairseq_names, tmp_path, masked_tokens):
     original = build_random(Architecture("esm1b_tiny", "esm1b", 2, 32, 4, True), seed=3)

@@ -202,8 +202,7 @@ def wrap_esm(model: nn.Module, alphabet, architecture: Architecture, pretrained:
 def load_fair_esm_checkpoint(path: Path, name: str | None = None) -> Backbone:
     """Read a fair-esm checkpoint safely (weights_only, only argparse.Namespace allowed)."""
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        data = read_checkpoint(path)
     except Exception as error:  # torch raises many types for truncated or foreign files
         raise BackboneError(f"{path}: not a readable fair-esm checkpoint ({one_line(error)})") from None
     if not isinstance(data, dict) or "model" not in data or not ({"cfg", "args"} & set(data)):
@@ -217,11 +216,35 @@ def load_fair_esm_checkpoint(path: Path, name: str | None = None) -> Backbone:
                 state.update(torch.load(regression, map_location="cpu", weights_only=True)["model"])
         except Exception as error:
             raise BackboneError(f"{regression}: not a readable contact-regression file ({one_line(error)})") from None
-    model, alphabet = build_esm(architecture)
+    with torch.device("meta"):  # no random initialisation to overwrite: the checkpoint's tensors are the weights
+        model, alphabet = build_esm(architecture)
     if architecture.family == "esm1b" and "embed_tokens.weight" in state:
         state["embed_tokens.weight"][alphabet.mask_idx].zero_()  # as fair-esm does, for token drop
-    load_state_strict(model, state, path)
+    load_state_strict(model, state, path, assign=True)
+    initialise_left_on_meta(model)
     return wrap_esm(model, alphabet, architecture, pretrained=True, source=str(path))
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load, memory-mapped where the file's format allows it (pages are read as they are used, so a
+    big checkpoint is never held twice); weights_only, with argparse.Namespace (fair-esm's config) allowed."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap" not in str(error):  # a file in the legacy (pre-zip) format cannot be mapped
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def initialise_left_on_meta(model: nn.Module) -> None:
+    """Modules the checkpoint did not fill (the optional contact head without its regression file) get
+    storage on the CPU and their own initialisation, as a model built off the meta device would have."""
+    for module in model.modules():
+        own = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+        if any(tensor.is_meta for tensor in own):
+            module.to_empty(device="cpu", recurse=False)
+            module.reset_parameters()
 
 
 def _architecture_from_fair_esm(data: dict, name: str, path: Path) -> Architecture:
@@ -247,7 +270,10 @@ def _strip_fairseq_prefix(key: str) -> str:
     return re.sub(r"^(encoder\.sentence_encoder\.|encoder\.)", "", key)
 
 
-def load_state_strict(model: nn.Module, state: dict, source: Path, optional: tuple[str, ...] = ("contact_head.",)) -> None:
+def load_state_strict(model: nn.Module, state: dict, source: Path, optional: tuple[str, ...] = ("contact_head.",),
+                      assign: bool = False) -> None:
+    """`state` into `model`, every non-optional key present and every shape right; `assign`: the tensors become
+    the model's own (a model built on the meta device), cast to the dtype the model declares."""
     expected = set(model.state_dict())
     missing = sorted(k for k in expected - set(state) if not k.startswith(optional))
     unexpected = sorted(set(state) - expected)
@@ -262,6 +288,9 @@ def load_state_strict(model: nn.Module, state: dict, source: Path, optional: tup
     for key, value in state.items():
         if value.shape != shapes[key]:
             raise BackboneError(f"{source}: tensor {key} has shape {tuple(value.shape)}, the architecture needs {tuple(shapes[key])}")
-    model.load_state_dict(state, strict=False)
+    if assign:
+        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+        state = {key: value.to(dtypes[key]) for key, value in state.items()}
+    model.load_state_dict(state, strict=False, assign=assign)
 
 
