@@ -121,8 +121,9 @@ def environment_line(device: torch.device) -> str:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
+        # the vector kernels torch dispatches to: bf16 is fast only on CPUs with native bf16 (AVX512-BF16, AMX)
         where = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, " \
-                f"{torch.get_num_threads()} torch thread(s))"
+                f"{torch.get_num_threads()} torch thread(s), {torch.backends.cpu.get_cpu_capability()} kernels)"
     return f"torch {torch.__version__}, {where}"
 
 
