@@ -178,6 +178,7 @@ def test_a_checkpoint_is_loaded_into_a_model_built_on_the_meta_device(legacy_for
     tensors = {**dict(loaded.model.named_parameters()), **dict(loaded.model.named_buffers())}
     assert not any(t.is_meta for t in tensors.values())
     assert all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point())
+    assert loaded.model.lm_head.weight is loaded.model.embed_tokens.weight  # tied, as fair-esm builds it
     head = loaded.model.contact_head.regression
     assert head.weight.abs().sum() > 0 and not torch.equal(head.weight, original.model.contact_head.regression.weight)
     with torch.no_grad():

@@ -221,6 +221,7 @@ def load_fair_esm_checkpoint(path: Path, name: str | None = None) -> Backbone:
     if architecture.family == "esm1b" and "embed_tokens.weight" in state:
         state["embed_tokens.weight"][alphabet.mask_idx].zero_()  # as fair-esm does, for token drop
     load_state_strict(model, state, path, assign=True)
+    model.lm_head.weight = model.embed_tokens.weight  # assign replaced each tensor: tied again, as fair-esm builds it
     initialise_left_on_meta(model)
     return wrap_esm(model, alphabet, architecture, pretrained=True, source=str(path))
 
@@ -274,7 +275,8 @@ def load_state_strict(model: nn.Module, state: dict, source: Path, optional: tup
                       assign: bool = False) -> None:
     """`state` into `model`, every non-optional key present and every shape right; `assign`: the tensors become
     the model's own (a model built on the meta device), cast to the dtype the model declares."""
-    expected = set(model.state_dict())
+    own = model.state_dict()
+    expected = set(own)
     missing = sorted(k for k in expected - set(state) if not k.startswith(optional))
     unexpected = sorted(set(state) - expected)
     if missing or unexpected:
@@ -284,13 +286,11 @@ def load_state_strict(model: nn.Module, state: dict, source: Path, optional: tup
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
         raise BackboneError(f"{source}: weights do not fit the architecture: {'; '.join(parts)}")
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
     for key, value in state.items():
-        if value.shape != shapes[key]:
-            raise BackboneError(f"{source}: tensor {key} has shape {tuple(value.shape)}, the architecture needs {tuple(shapes[key])}")
+        if value.shape != own[key].shape:
+            raise BackboneError(f"{source}: tensor {key} has shape {tuple(value.shape)}, the architecture needs {tuple(own[key].shape)}")
     if assign:
-        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
-        state = {key: value.to(dtypes[key]) for key, value in state.items()}
+        state = {key: value.to(own[key].dtype) for key, value in state.items()}
     model.load_state_dict(state, strict=False, assign=assign)
 
 
