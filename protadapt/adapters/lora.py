@@ -50,8 +50,9 @@ class LoRALinear(LinearAdapter):
 
     def fuses(self, x: torch.Tensor) -> bool:
         """Whether the forward takes `fused_low_rank_linear`: no dropout (it needs one input for both
-        paths), no autocast, frozen base tensors in the adapter's dtype (a bf16-stored W0 takes the unfused path), and enough rows that forming the out × in weight is the cheaper
-        side (rows·(in+out) ≥ in·out: on 8M, 64 rows and more)."""
+        paths), no autocast, frozen base tensors in the adapter's dtype (a bf16-stored W0 takes the
+        unfused path), and enough rows that forming the out × in weight is the cheaper side
+        (rows·(in+out) ≥ in·out: on 8M, 64 rows and more)."""
         base = self.base_layer
         frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
         rows = x.numel() // self.in_features
