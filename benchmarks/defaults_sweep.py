@@ -36,8 +36,9 @@ from protadapt.config import load_config
 from protadapt.data.tasks import resolve_task
 from protadapt.training.run import fit
 
-GRID = {"lora": (1e-4, 3e-4, 1e-3, 3e-3), "dora": (1e-4, 3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4),
-        "prompt": (1e-3, 1e-2), "wegeft": (1e-3, 3e-3)}
+# every chosen lr must be an interior point of its method's grid: one whose best lies on an edge was widened
+GRID = {"lora": (1e-4, 3e-4, 1e-3, 3e-3), "dora": (1e-4, 3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4, 3e-4),
+        "prompt": (1e-3, 1e-2, 3e-2, 1e-1), "wegeft": (1e-4, 3e-4, 1e-3, 3e-3)}
 SETTINGS = ["backbone=antiberty", "quiet=true", "data.batch_size=32", "optim.refit=false", "trainer.logger=csv"]
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from protadapt import rundir
 from protadapt.adapters import method_names
-from protadapt.config import RunConfig, load_config
+from protadapt.config import RunConfig, load_config, with_method_defaults
 from protadapt.data.splits import kfold_splits, split_groups
 from protadapt.data.tasks import resolve_task
 from protadapt.evaluation.baselines import BASELINES, run_baseline
@@ -159,6 +160,7 @@ def cell_dir(out: Path, task: str, method: str, seed: int, fold: int | None) -> 
 def run_cell(cell: Cell) -> None:
     """Train one cell unless it is complete; a half-written cell is removed and trained afresh."""
     if rundir.is_complete(cell.path):
+        check_reusable(cell)
         return
     if cell.path.exists():
         shutil.rmtree(cell.path)
@@ -167,6 +169,32 @@ def run_cell(cell: Cell) -> None:
     fit(cell.config, cell.path, train=cell.train, test=cell.test, refit_default=True)  # equal rows for every method
     _add_to_json(cell.path / "run.json", {"cell_peak_rss_mb": peak_rss_mb()})
     rundir.mark_complete(cell.path)  # run.json changed: the manifest follows
+
+
+# what a finished cell must share with the comparison that reuses it (data and task are the cell's path and split)
+REUSED_SETTINGS = ("backbone", "random_init", "backbone_dtype", "seed", "adapter", "optim", "bilevel")
+
+
+def check_reusable(cell: Cell) -> None:
+    """A finished cell trained with other settings (an edited config, new method defaults) is refused, not
+    mixed into the table: the first setting that differs, and what to do."""
+    saved = _flat(yaml.safe_load((cell.path / "config.yaml").read_text()) or {})
+    wanted = _flat(with_method_defaults(cell.config)[0].to_dict())
+    for key, value in wanted.items():
+        if key.split(".")[0] in REUSED_SETTINGS and saved.get(key, value) != value:
+            raise rundir.RunDirError(
+                f"{cell.path}: this finished cell was trained with {key}={saved[key]}, the comparison asks "
+                f"{key}={value}; give a new --out, or --overwrite to retrain every cell")
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def run_baseline_cell(cell: Cell) -> None:

@@ -80,13 +80,13 @@ class MethodDefaults:
     lr: float = 1e-3
 
 
-# lora, dora, full, prompt: the best of benchmarks/defaults_sweep.py on bbb's inner validation split with the real
-# AntiBERTy weights (results/defaults_sweep.md, one seed: lora/dora 1e-3 of 1e-4..3e-3, full 1e-4 of 1e-5..1e-4,
-# prompt 1e-2 of 1e-3/1e-2). bidora takes dora's (not swept); wegeft keeps the earlier shared 1e-3 until the
-# sweep has its cells; head and unlisted methods the fallback MethodDefaults().
+# the best of benchmarks/defaults_sweep.py on bbb's inner validation split with the real AntiBERTy weights, each an
+# interior point of its grid (results/defaults_sweep.md): lora/dora 1e-3 of 1e-4..3e-3 and full 1e-4 of 1e-5..3e-4
+# (seed 0), wegeft 3e-4 of 1e-4..3e-3 and prompt 3e-2 of 1e-3..1e-1 (seeds 0-1). bidora takes dora's (not swept);
+# head and unlisted methods the fallback MethodDefaults().
 METHOD_DEFAULTS: dict[str, MethodDefaults] = {
     "lora": MethodDefaults(lr=1e-3), "dora": MethodDefaults(lr=1e-3), "bidora": MethodDefaults(lr=1e-3),
-    "wegeft": MethodDefaults(lr=1e-3), "prompt": MethodDefaults(lr=1e-2), "full": MethodDefaults(lr=1e-4),
+    "wegeft": MethodDefaults(lr=3e-4), "prompt": MethodDefaults(lr=3e-2), "full": MethodDefaults(lr=1e-4),
 }
 
 

@@ -2,17 +2,19 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+import yaml
 from sklearn.metrics import roc_auc_score
 
 import protadapt.compare as compare
 from protadapt.cli import main
 from protadapt.compare import Grid, parse_max_train, parse_seeds, run_comparison, subsample
-from protadapt.config import load_config
+from protadapt.config import METHOD_DEFAULTS, MethodDefaults, load_config, with_method_defaults
 from protadapt.report import comparison_markdown, mean_sd
 
 
@@ -153,6 +155,7 @@ def fake_fit(calls: list):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.json").write_text(json.dumps({"test": {"accuracy": 0.5, "f1": 0.5}}))
         (run_dir / "run.json").write_text(json.dumps({"trainable_params": 1, "backbone": "tiny", "pretrained": False}))
+        with_method_defaults(config)[0].save(run_dir / "config.yaml")  # as fit saves it: method defaults resolved
 
     return fit
 
@@ -173,6 +176,28 @@ def test_killed_compare_resumes_only_unfinished_cells(tmp_path, tiny_base, monke
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
     assert not (cells / "dora" / "seed1" / "stale.ckpt").exists()  # a half-written cell starts afresh
     assert len(table) == 10 and (cells / "dora" / "seed1" / "metrics.json").exists()
+
+
+def test_a_finished_cell_trained_with_other_settings_is_refused_not_mixed_in(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["compare", "--tasks", "bbb", "--methods", "lora", "--seeds", "0", "--backbone", "tiny", "--out", "out",
+            "--quiet", "optim.max_epochs=1", "data.batch_size=32"]
+    assert main(args) == 0
+    cell = Path("out") / "cells" / "bbb" / "lora" / "seed0"
+    trained = (cell / "metrics.json").stat().st_mtime_ns
+    assert main(args) == 0 and (cell / "metrics.json").stat().st_mtime_ns == trained  # same settings: reused
+    capsys.readouterr()
+    advice = "give a new --out, or --overwrite to retrain every cell"
+    assert main([*args, "optim.lr=0.0003"]) == 1
+    assert capsys.readouterr().err == (f"protadapt: error: {cell}: this finished cell was trained with optim.lr=0.001, "
+                                       f"the comparison asks optim.lr=0.0003; {advice}\n")
+    monkeypatch.setitem(METHOD_DEFAULTS, "lora", MethodDefaults(lr=3e-3))  # a release with a new default lr
+    assert main(args) == 1
+    assert capsys.readouterr().err == (f"protadapt: error: {cell}: this finished cell was trained with optim.lr=0.001, "
+                                       f"the comparison asks optim.lr=0.003; {advice}\n")
+    assert (cell / "metrics.json").stat().st_mtime_ns == trained  # nothing retrained or removed
+    assert main([*args, "--overwrite"]) == 0
+    assert yaml.safe_load((cell / "config.yaml").read_text())["optim"]["lr"] == 3e-3
 
 
 def test_cv_cells_use_folds_of_the_training_split(tmp_path, tiny_base, monkeypatch):
