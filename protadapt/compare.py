@@ -30,6 +30,7 @@ from protadapt.evaluation.baselines import BASELINES, run_baseline
 from protadapt.evaluation.metrics import compute_metrics
 from protadapt.files import write_csv_atomic, write_json_atomic
 from protadapt.method_specs import ALIASES, parse_methods
+from protadapt.training.resume import flatten
 from protadapt.training.run import fit
 
 log = logging.getLogger(__name__)
@@ -178,23 +179,13 @@ REUSED_SETTINGS = ("backbone", "random_init", "backbone_dtype", "seed", "adapter
 def check_reusable(cell: Cell) -> None:
     """A finished cell trained with other settings (an edited config, new method defaults) is refused, not
     mixed into the table: the first setting that differs, and what to do."""
-    saved = _flat(yaml.safe_load((cell.path / "config.yaml").read_text()) or {})
-    wanted = _flat(with_method_defaults(cell.config)[0].to_dict())
+    saved = flatten(yaml.safe_load((cell.path / "config.yaml").read_text()) or {})
+    wanted = flatten(with_method_defaults(cell.config)[0].to_dict())
     for key, value in wanted.items():
         if key.split(".")[0] in REUSED_SETTINGS and saved.get(key, value) != value:
             raise rundir.RunDirError(
                 f"{cell.path}: this finished cell was trained with {key}={saved[key]}, the comparison asks "
                 f"{key}={value}; give a new --out, or --overwrite to retrain every cell")
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def run_baseline_cell(cell: Cell) -> None:
