@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
 import yaml
+from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 import protadapt.compare as compare
