@@ -42,7 +42,7 @@ import torch
 from benchmarks import comparison
 from benchmarks.common import RESULTS_DIR
 from protadapt.backbones import load_backbone
-from protadapt.compare import parse_max_train, subsample
+from protadapt.compare import parse_max_train, plan, subsample
 from protadapt.config import METHOD_DEFAULTS, load_config
 from protadapt.data.tasks import resolve_task
 from protadapt.evaluation.statistics import compare_to_reference, holm, wilcoxon_min_p
@@ -116,16 +116,17 @@ def write_reports(out: Path, stages: list, args, skipped: list[str], wall_time_s
             continue
     if not tables:
         return
-    text = side_by_side(tables, stages, args)
+    text = side_by_side(tables, stages, args, progress_lines(out, stages, args))
     (out / f"{NAME}.md").write_text(text)
     if results is not None:
         (results / f"{NAME}.md").write_text(text)
 
 
-def side_by_side(tables: dict[str, pd.DataFrame], stages: list, args) -> str:
-    """The report's own page: what it shows, truncation counts, and per task both states' columns."""
+def side_by_side(tables: dict[str, pd.DataFrame], stages: list, args, progress: list[str] = ()) -> str:
+    """The report's own page: what it shows, which cells are missing, truncation counts, and per task both
+    states' columns."""
     states = list(tables)
-    lines = ["# Real AntiBERTy weights vs the same architecture randomly initialised", "",
+    lines = ["# Real AntiBERTy weights vs the same architecture randomly initialised", "", *progress,
              f"- Command: `PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison_real "
              f"{' '.join(args.argv)}`".rstrip(),
              f"- Per state, the full report: {', '.join(f'`{NAME}_{s}.md`' for s in states)} (every metric, McNemar "
@@ -135,6 +136,43 @@ def side_by_side(tables: dict[str, pd.DataFrame], stages: list, args) -> str:
     for task, runs in everything.groupby("task", sort=False):
         lines += ["", f"## {task}", "", *accuracy_table(runs, states), "", *differences_table(runs, states)]
     return "\n".join(lines) + "\n"
+
+
+def progress_lines(out: Path, stages: list, args) -> list[str]:
+    """Per state, how many planned cells finished and, when not all did, which (task, seed, method) are missing."""
+    lines, incomplete = [], False
+    for state in args.states.split(","):
+        settings = (SMOKE_STATES if args.smoke else STATES)[state]
+        cells = [cell for stage in stages for cell in plan(comparison.stage_config(stage, args.smoke, settings),
+                                                           stage.grid, out / state)]
+        missing = [cell for cell in cells if not (cell.path / "metrics.json").exists()]
+        incomplete |= bool(missing)
+        lines.append(f"- Cells, {state} weights: {len(cells) - len(missing)} of {len(cells)} planned finished"
+                     + (f"; not run yet: {missing_text(cells, missing)}." if missing else "."))
+    if incomplete:
+        lines.insert(0, "**Interim report**: not every planned cell has finished; the tables below hold the finished "
+                        "ones, and the paired statistics use the seeds both sides of a comparison have.")
+        lines.insert(1, "")
+    return lines
+
+
+def missing_text(cells: list, missing: list) -> str:
+    """`bbb seed 2: bidora, full; bbb seeds 3, 4: every method` — missing cells grouped by task and seed."""
+    def by_split(collection: list) -> dict[tuple[str, int], list[str]]:
+        groups: dict[tuple[str, int], list[str]] = {}
+        for cell in collection:
+            groups.setdefault((cell.config.data.task, cell.config.seed), []).append(cell.method)
+        return groups
+
+    planned, whole, parts = by_split(cells), {}, []
+    for (task, seed), names in by_split(missing).items():
+        if len(names) == len(planned[(task, seed)]):
+            whole.setdefault(task, []).append(seed)
+        else:
+            parts.append(f"{task} seed {seed}: {', '.join(names)}")
+    parts += [f"{task} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}: every method"
+              for task, seeds in whole.items()]
+    return "; ".join(parts)
 
 
 def caveats() -> list[str]:

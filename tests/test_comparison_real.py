@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 
 from benchmarks import comparison_real
@@ -21,6 +23,14 @@ def test_smoke_mode_reports_both_weight_states_side_by_side(tmp_path):
     assert "| bidora − dora | " in text and "| dora − probe | " in text and "Surviving Holm's correction" in text
     assert "bbb: 0 of 198 training and 0 of 38 test sequences are longer than the backbone's 1022 residues." in text
     assert "one peptide is 2.6 points" in text and "not ESM-2" in text
+    assert "- Cells, real weights: 5 of 5 planned finished." in text and "Interim report" not in text
+
+    shutil.rmtree(tmp_path / "out" / "random" / "cells" / "bbb" / "bidora" / "seed0")  # as if it never ran
+    args = ["--smoke", "--out", str(tmp_path / "out"), "--results", str(results), "--report-only"]
+    assert comparison_real.main(args) == 0
+    text = (results / "comparison_antiberty.md").read_text()
+    assert text.startswith("# Real AntiBERTy weights vs the same architecture randomly initialised\n\n**Interim report**")
+    assert "- Cells, random weights: 4 of 5 planned finished; not run yet: bbb seed 0: bidora." in text
 
 
 def test_thermostability_stage_truncates_and_methods_use_their_own_defaults():
