@@ -11,6 +11,12 @@ seed; finished cells are reused. The chosen lr per method is the one with the hi
 inner-validation accuracy over the seeds that finished for every lr of that method, ties broken by
 mean AUROC, then the lower lr. The choice goes into `protadapt.config.METHOD_DEFAULTS` by hand.
 
+Then the training schedule (`optim.warmup_fraction`, `optim.patience`, `optim.max_epochs`: one set for
+every method, in OptimConfig): SCHEDULE_METHODS at their default lr, each SCHEDULES variant on the
+`--schedule-seeds`, next to the default schedule (the lr grid's own cell at that lr). The rule, fixed
+before the runs: the default stays unless a variant's mean inner-validation accuracy over the methods
+beats it by more than one validation peptide (2.5 points); the choice goes into OptimConfig by hand.
+
 Cost measured on the shared 2-core CPU (1 torch thread, AntiBERTy 26 M, batch 32, load average 5-15):
 one bbb epoch of LoRA/DoRA ≈ 4–6 CPU-s, full fine-tuning ≈ 10 CPU-s (one-epoch fits: 11 / 12 / 17 CPU-s
 including evaluation); a cell (early-stopped, 7-18 epochs) took LoRA 78-143, DoRA 100-219, full 107-235
@@ -32,7 +38,7 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, cpu_model, markdown_table
 from protadapt import rundir
-from protadapt.config import load_config
+from protadapt.config import load_config, method_defaults
 from protadapt.data.tasks import resolve_task
 from protadapt.training.run import fit
 
@@ -40,6 +46,11 @@ from protadapt.training.run import fit
 GRID = {"lora": (1e-4, 3e-4, 1e-3, 3e-3), "dora": (1e-4, 3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4, 3e-4),
         "prompt": (1e-3, 1e-2, 3e-2, 1e-1), "wegeft": (1e-4, 3e-4, 1e-3, 3e-3)}
 SETTINGS = ["backbone=antiberty", "quiet=true", "data.batch_size=32", "optim.refit=false", "trainer.logger=csv"]
+# the schedule sweep: variants of OptimConfig's warm-up / patience / ceiling, at each method's default lr
+SCHEDULES = {"warm-up 0": ["optim.warmup_fraction=0"], "warm-up 0.3": ["optim.warmup_fraction=0.3"],
+             "patience 10, ceiling 40": ["optim.patience=10", "optim.max_epochs=40"]}
+SCHEDULE_METHODS = ("lora", "dora", "full")
+MARGIN = 0.025  # one of the 40 inner-validation peptides: what a schedule variant must beat the default by
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [] if args.report_only else args.seeds:
         for method, lrs in grid.items():
             for lr in lrs:
-                run_cell(out, method, lr, seed, train, args.epochs, args.settings)
+                run_cell(cell_dir(out, method, lr, seed), train, [*args.settings, f"adapter.method={method}",
+                                                                  f"optim.lr={lr}", f"seed={seed}",
+                                                                  f"optim.max_epochs={args.epochs}"])
+                write_report(out, grid, args, results)
+    for seed in [] if args.report_only else args.schedule_seeds:
+        for variant, overrides in SCHEDULES.items():
+            for method in args.schedule_methods:
+                run_cell(schedule_dir(out, variant, method, seed), train,
+                         [*args.settings, f"adapter.method={method}", f"optim.lr={default_lr(method)}",
+                          f"seed={seed}", f"optim.max_epochs={args.epochs}", *overrides])
                 write_report(out, grid, args, results)
     write_report(out, grid, args, results)
     return 0
@@ -67,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1])
     parser.add_argument("--epochs", type=int, default=20, help="optim.max_epochs: early stopping's ceiling")
     parser.add_argument("--grid", help="METHOD=LR/LR,METHOD=LR (default: the GRID in this file)")
+    parser.add_argument("--schedule-seeds", type=lambda s: [int(x) for x in s.split(",") if x], default=[0],
+                        help="seeds of the schedule sweep ('' skips it)")
+    parser.add_argument("--schedule-methods", type=lambda s: s.split(","), default=list(SCHEDULE_METHODS))
     parser.add_argument("--report-only", action="store_true", help="collect the finished cells; train nothing")
     parser.add_argument("--settings", nargs="*", default=SETTINGS, help="KEY=VALUE for every cell (tests: tiny)")
     argv = sys.argv[1:] if argv is None else argv
@@ -88,24 +111,28 @@ def cell_dir(out: Path, method: str, lr: float, seed: int) -> Path:
     return out / method / f"lr{lr:g}" / f"seed{seed}"
 
 
-def run_cell(out: Path, method: str, lr: float, seed: int, train: pd.DataFrame, epochs: int,
-             settings: list[str]) -> None:
-    """One early-stopped fit on the seed's inner split; its CPU seconds go into OUT/…/cost.json."""
-    path = cell_dir(out, method, lr, seed)
+def schedule_dir(out: Path, variant: str, method: str, seed: int) -> Path:
+    return out / "schedule" / variant.replace(", ", "-").replace(" ", "") / method / f"seed{seed}"
+
+
+def default_lr(method: str) -> float:
+    return method_defaults(method).lr
+
+
+def run_cell(path: Path, train: pd.DataFrame, settings: list[str]) -> None:
+    """One early-stopped fit on the seed's inner split; its CPU seconds go into PATH/cost.json."""
     if rundir.is_complete(path) and (path / "cost.json").exists():
         return
-    config = load_config(None, [*settings, f"adapter.method={method}", f"optim.lr={lr}", f"seed={seed}",
-                                f"optim.max_epochs={epochs}"])
     cpu, wall = time.process_time(), time.perf_counter()
-    fit(config, path, train=train, test=None, overwrite=True)
+    fit(load_config(None, settings), path, train=train, test=None, overwrite=True)
     cost = {"cpu_s": round(time.process_time() - cpu, 1), "wall_s": round(time.perf_counter() - wall, 1)}
     (path / "cost.json").write_text(json.dumps(cost))
-    logging.info("sweep: %s lr %g seed %d done (%s)", method, lr, seed, cost)
+    logging.info("sweep: %s done (%s)", path, cost)
 
 
-def cell_row(out: Path, method: str, lr: float, seed: int) -> dict | None:
+def cell_row(out: Path, method: str, lr: float, seed: int, path: Path | None = None) -> dict | None:
     """Inner-validation metrics of the best epoch, epochs run, best epoch and cost of one finished cell."""
-    path = cell_dir(out, method, lr, seed)
+    path = path or cell_dir(out, method, lr, seed)
     if not (path / "cost.json").exists():
         return None
     val = json.loads((path / "metrics.json").read_text())["val"]
@@ -165,7 +192,58 @@ def write_report(out: Path, grid: dict, args: argparse.Namespace, results: Path)
                             [[r.method, f"{r.lr:g}", r.seeds, f"{r.val_accuracy:.3f}", f"{r.val_auroc:.3f}",
                               f"{r.epochs_run:.1f}", f"{r.best_epoch:.1f}", f"{r.cpu_s:.0f}"]
                              for r in summary.itertuples()])]
+    lines += schedule_section(out, args)
     (results / "defaults_sweep.md").write_text("\n".join(lines) + "\n")
+
+
+def schedule_section(out: Path, args: argparse.Namespace) -> list[str]:
+    """The schedule variants next to the default one, per method and averaged, and the rule's verdict."""
+    default = load_config().optim
+    name = f"default: warm-up {default.warmup_fraction:g}, patience {default.patience}, ceiling {args.epochs}"
+    rows = []
+    for seed in args.schedule_seeds:
+        for method in args.schedule_methods:
+            lr = default_lr(method)
+            for variant, path in [(name, cell_dir(out, method, lr, seed)),
+                                  *((v, schedule_dir(out, v, method, seed)) for v in SCHEDULES)]:
+                if row := cell_row(out, method, lr, seed, path):
+                    rows.append({**row, "variant": variant})
+    if not rows:
+        return []
+    table = pd.DataFrame(rows)
+    complete = table.groupby("variant").filter(
+        lambda r: len(r) == len(args.schedule_seeds) * len(args.schedule_methods))
+    means = complete.groupby("variant", sort=False)["val_accuracy"].mean()
+    lines = ["", "## Training schedule (one for every method)", "",
+             f"Each method at its default lr, seed{'s' if len(args.schedule_seeds) > 1 else ''} "
+             f"{','.join(map(str, args.schedule_seeds))}; the default row is the lr grid's own cell. Rule, fixed before "
+             f"the runs: the default stays unless a variant's mean over the methods beats it by more than "
+             f"{MARGIN * 100:g} points (one of the 40 validation peptides).", "",
+             markdown_table(["schedule", *args.schedule_methods, "mean val accuracy", "mean epochs run",
+                             "mean best epoch", "mean CPU s / run"],
+                            [[variant, *[cell(runs, m) for m in args.schedule_methods],
+                              f"{runs['val_accuracy'].mean():.3f}" if variant in means else "– (unfinished)",
+                              f"{runs['epochs_run'].mean():.1f}", f"{runs['best_epoch'].mean():.1f}",
+                              f"{runs['cpu_s'].mean():.0f}"] for variant, runs in table.groupby("variant", sort=False)])]
+    return lines + (["", verdict(means, name)] if name in means and len(means) > 1 else [])
+
+
+def verdict(means: pd.Series, default: str) -> str:
+    """The fixed rule applied to mean val accuracy per schedule: a variant must beat the default by > MARGIN."""
+    best = means.drop(default).idxmax()
+    gain = means[best] - means[default]
+    return (f"Verdict: the best variant, {best}, is {gain * 100:+.1f} points against the default: "
+            + ("more than the margin, so it becomes the default." if gain > MARGIN else
+               "within the margin, so the default schedule stays."))
+
+
+def cell(runs: pd.DataFrame, method: str) -> str:
+    """A method's mean val accuracy (and best epoch / epochs run) in one schedule row."""
+    mine = runs[runs["method"] == method]
+    if mine.empty:
+        return "–"
+    return (f"{mine['val_accuracy'].mean():.3f} (best {mine['best_epoch'].mean():.0f} of "
+            f"{mine['epochs_run'].mean():.0f})")
 
 
 if __name__ == "__main__":
