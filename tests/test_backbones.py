@@ -297,6 +297,33 @@ def test_hf_and_fair_esm_checkpoints_of_the_same_weights_agree(hf_checkpoint, tm
         assert torch.equal(from_hub_style(masked_tokens), reference)
 
 
+def test_hf_directory_builds_on_meta_and_leaves_no_tensor_unfilled(hf_checkpoint, tmp_path, masked_tokens):
+    """Built on the meta device (no random init to overwrite); what HF does not store is derived as fair-esm
+    would: rotary frequencies, the tied LM decoder, and for an EsmModel file (no LM head) the head's init."""
+    from safetensors.torch import load_file, save_file
+
+    directory, _ = hf_checkpoint
+    full = load_backbone(str(directory)).model
+    built = build_random(ARCHITECTURES["esm2_t6_8M_UR50D"]).model.state_dict()
+    encoder_only = tmp_path / "esm_model"
+    encoder_only.mkdir()
+    shutil.copy(directory / "config.json", encoder_only / "config.json")
+    save_file({k.removeprefix("esm."): v for k, v in load_file(str(directory / "model.safetensors")).items()
+               if k.startswith("esm.")}, str(encoder_only / "model.safetensors"))
+    bare = load_backbone(str(encoder_only))
+    for model in (full, bare.model):
+        state = model.state_dict()
+        assert not any(t.is_meta for t in state.values())
+        assert model.lm_head.weight is model.embed_tokens.weight
+        for key in (k for k in built if k.endswith("rot_emb.inv_freq")):
+            assert torch.equal(state[key], built[key])
+    written = load_file(str(directory / "model.safetensors"))
+    assert torch.equal(full.lm_head.dense.weight, written["lm_head.dense.weight"])  # the file's head where it has one
+    assert torch.equal(bare.model.lm_head.bias, torch.zeros(33))
+    with torch.no_grad():
+        assert torch.equal(bare(masked_tokens), load_backbone(str(directory))(masked_tokens))
+
+
 @pytest.mark.parametrize("config_dir, shape", [(HF_CONFIG_8M, (6, 320, 20)), (HF_CONFIG_35M, (12, 480, 20))],
                          ids=["8M", "35M"])
 def test_random_init_from_an_hf_config_dir_builds_that_architecture(config_dir, shape, tokens):

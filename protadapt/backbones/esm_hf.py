@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from protadapt.backbones.base import Architecture, BackboneError
-from protadapt.backbones.esm import ESMBackbone, build_esm, load_state_strict
+from protadapt.backbones.esm import ESMBackbone, build_esm, initialise_left_on_meta, load_state_strict
 from protadapt.backbones.hf import read_config
 from protadapt.files import read_safetensors
 
@@ -38,7 +41,18 @@ def load_hf_directory(directory: Path) -> ESMBackbone:
     weights = directory / "model.safetensors"
     if not weights.exists():
         raise BackboneError(f"{weights}: missing; an HF-format ESM directory needs config.json and model.safetensors")
-    hf_state = read_safetensors(weights, BackboneError)
+    state = fair_esm_state(read_safetensors(weights, BackboneError))
+    with torch.device("meta"):  # no random initialisation to overwrite: the file's tensors are the weights
+        model, alphabet = build_esm(architecture)
+    state.update(derived_tensors(model, state))
+    load_state_strict(model, state, weights, optional=("lm_head.", "contact_head."), assign=True)
+    model.lm_head.weight = model.embed_tokens.weight  # tied, as fair-esm builds it (assign replaced the tensor)
+    initialise_left_on_meta(model)  # an EsmModel file has no LM head: its dense and norm get fair-esm's init
+    return ESMBackbone(model, alphabet, architecture, pretrained=True, source=str(directory))
+
+
+def fair_esm_state(hf_state: dict) -> dict:
+    """An HF ESM-2 state dict under fair-esm's names, without the tensors fair-esm derives itself."""
     state = {}
     for key, value in hf_state.items():
         key = key.removeprefix("model.") if key.startswith("model.esm.") else key
@@ -48,11 +62,20 @@ def load_hf_directory(directory: Path) -> ESMBackbone:
             continue
         key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # legacy names (transformers 5 writes them)
         state[hf_to_fair_esm_key(key)] = value
-    model, alphabet = build_esm(architecture)
-    # fair-esm stores the rotary frequencies as a buffer; HF derives them, so take the built ones.
-    state.update({k: v for k, v in model.state_dict().items() if k.endswith("rot_emb.inv_freq")})
-    load_state_strict(model, state, weights, optional=("lm_head.", "contact_head."))
-    return ESMBackbone(model, alphabet, architecture, pretrained=True, source=str(directory))
+    return state
+
+
+def derived_tensors(model: nn.Module, state: dict) -> dict:
+    """What fair-esm stores and HF does not: each layer's rotary inverse frequencies (fair-esm's formula) and,
+    for a file without an LM head, the head's bias at fair-esm's initial zeros."""
+    derived = {}
+    for key, buffer in model.state_dict().items():
+        if key.endswith("rot_emb.inv_freq"):
+            dim = 2 * buffer.shape[0]
+            derived[key] = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+    if "lm_head.bias" not in state:
+        derived["lm_head.bias"] = torch.zeros(model.lm_head.bias.shape)
+    return derived
 
 
 def hf_architecture(directory: Path) -> Architecture:
