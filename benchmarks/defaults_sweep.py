@@ -21,7 +21,9 @@ Cost measured on the shared 2-core CPU (1 torch thread, AntiBERTy 26 M, batch 32
 one bbb epoch of LoRA/DoRA ≈ 4–6 CPU-s, full fine-tuning ≈ 10 CPU-s (one-epoch fits: 11 / 12 / 17 CPU-s
 including evaluation); a cell (early-stopped, 7-18 epochs) took LoRA 78-143, DoRA 100-219, full 107-235
 CPU-s, so one seed of the default grid (15 lrs) is ≈ 35 CPU-minutes and two ≈ 70. At `nice -n 5` next
-to two benchmark processes a cell got 25-50 % of a core: seed 0 took ~80 wall-minutes.
+to two benchmark processes a cell got 25-50 % of a core: seed 0 took ~80 wall-minutes. The schedule sweep
+(3 variants × LoRA, DoRA, full, seed 0) took 106-342 CPU-s a cell (the patience-10 cells the dearest),
+≈ 35 CPU-minutes, 50 wall-minutes next to the two report processes.
 """
 
 from __future__ import annotations
@@ -232,9 +234,9 @@ def verdict(means: pd.Series, default: str) -> str:
     """The fixed rule applied to mean val accuracy per schedule: a variant must beat the default by > MARGIN."""
     best = means.drop(default).idxmax()
     gain = means[best] - means[default]
-    return (f"Verdict: the best variant, {best}, is {gain * 100:+.1f} points against the default: "
-            + ("more than the margin, so it becomes the default." if gain > MARGIN else
-               "within the margin, so the default schedule stays."))
+    return (f"Verdict: the best variant, {best}, is {gain * 100:+.1f} points against the default "
+            + ("(more than the margin), so it becomes the default." if gain > MARGIN else
+               f"(not more than the +{MARGIN * 100:g} required), so the default schedule stays."))
 
 
 def cell(runs: pd.DataFrame, method: str) -> str:

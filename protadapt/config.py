@@ -60,6 +60,8 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    # warm-up 0.1, patience 5 and the 20-epoch ceiling held against warm-up 0 / 0.3 and patience 10 with a
+    # 40-epoch ceiling on bbb's inner validation split, real AntiBERTy (benchmarks/defaults_sweep.py)
     lr: float | None = None  # lower level / single level; None: the method's own (METHOD_DEFAULTS below)
     weight_decay: float = 0.01
     schedule: str = "cosine"  # cosine | linear | constant, after a linear warm-up

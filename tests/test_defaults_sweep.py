@@ -31,8 +31,8 @@ def test_sweep_runs_the_grid_then_the_schedule_variants_on_the_inner_split_only(
 
 def test_a_variant_replaces_the_default_only_beyond_one_validation_peptide():
     means = pd.Series({"default": 0.80, "warm-up 0": 0.82, "patience 10": 0.79})
-    assert defaults_sweep.verdict(means, "default").endswith("so the default schedule stays.")
+    assert defaults_sweep.verdict(means, "default").endswith("(not more than the +2.5 required), so the default schedule stays.")
     assert "+2.0 points" in defaults_sweep.verdict(means, "default")
     means["patience 10"] = 0.83
     assert defaults_sweep.verdict(means, "default").startswith("Verdict: the best variant, patience 10, is +3.0")
-    assert defaults_sweep.verdict(means, "default").endswith("so it becomes the default.")
+    assert defaults_sweep.verdict(means, "default").endswith("(more than the margin), so it becomes the default.")
