@@ -75,12 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     methods, skipped = available(args.methods.split(",") if args.methods else
                                  (["dora", "bidora"] if args.smoke else list(METHODS)))
     stages = smoke_stages(methods) if args.smoke else full_stages(methods, args)
-    stages = stages[: args.stages]
-    if args.tasks:
-        stages = [s for s in stages if s.grid.tasks[0] in args.tasks.split(",")]
-    if args.seeds:
-        keep = set(parse_seeds(args.seeds))
-        stages = [replace(s, grid=replace(s.grid, seeds=[x for x in s.grid.seeds if x in keep])) for s in stages]
+    stages = select(stages[: args.stages], args)
     out, started = Path(args.out), time.perf_counter()
     if not args.report_only:
         for number, stage in enumerate(stages, start=1):
@@ -89,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
             logging.info("stage %d of %d done", number, len(stages))
     write_report(out, stages, None if args.report_only else time.perf_counter() - started, args, skipped)
     return 0
+
+
+def select(stages: list[Stage], args: argparse.Namespace) -> list[Stage]:
+    """The stages and seeds `--tasks` and `--seeds` ask for (all when unset): to split a run across processes."""
+    if args.tasks:
+        stages = [s for s in stages if s.grid.tasks[0] in args.tasks.split(",")]
+    if args.seeds:
+        keep = set(parse_seeds(args.seeds))
+        stages = [replace(s, grid=replace(s.grid, seeds=[x for x in s.grid.seeds if x in keep])) for s in stages]
+    return stages
 
 
 def parse_args(argv: list[str] | None, parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:

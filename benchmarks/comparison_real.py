@@ -15,6 +15,10 @@ results/comparison_antiberty_<state>.{md,csv}; `comparison_antiberty.md` puts th
 accuracy per method, real − random, BiDoRA − DoRA and method − probe per state, wall time and peak
 memory per cell, and which differences survive Holm's correction.
 
+`--seeds` and `--tasks` (comparison.py's) select which cells a process trains or a `--report-only` report holds,
+to split the run across processes or report a subset; the side-by-side report still counts, and names, every
+planned cell that has not finished.
+
 `--smoke`: tiny backbone for both states, seed 0, 1 epoch, bbb, dora + bidora (+ probe and baselines):
 the whole pipeline in seconds (tests/test_comparison_real.py runs it).
 
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     methods, skipped = comparison.available(args.methods.split(",") if args.methods else
                                             (["dora", "bidora"] if args.smoke else list(METHODS)))
-    stages = comparison.smoke_stages(methods) if args.smoke else real_stages(methods, args)
+    planned = comparison.smoke_stages(methods) if args.smoke else real_stages(methods, args)
+    stages = comparison.select(planned, args)
     out, started = Path(args.out), time.perf_counter()
     for state in args.states.split(","):
         settings = (SMOKE_STATES if args.smoke else STATES)[state]
@@ -73,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             if not args.report_only:
                 comparison.run_comparison(comparison.stage_config(stage, args.smoke, settings), stage.grid, out / state)
                 logging.info("%s: stage %d of %d done", state, number, len(stages))
-            write_reports(out, stages, args, skipped, time.perf_counter() - started)
-    write_reports(out, stages, args, skipped, None if args.report_only else time.perf_counter() - started)
+            write_reports(out, stages, planned, args, skipped, time.perf_counter() - started)
+    write_reports(out, stages, planned, args, skipped, None if args.report_only else time.perf_counter() - started)
     return 0
 
 
@@ -102,8 +107,9 @@ def optimiser_note() -> str:
             f"validation split); {aliases}.")
 
 
-def write_reports(out: Path, stages: list, args, skipped: list[str], wall_time_s: float | None) -> None:
-    """Each state's comparison.py report, then the side-by-side report of both."""
+def write_reports(out: Path, stages: list, planned: list, args, skipped: list[str], wall_time_s: float | None) -> None:
+    """Each state's comparison.py report of `stages` (those `--tasks` / `--seeds` select), then the side-by-side
+    report of both, which counts the cells of every `planned` stage."""
     results = Path(args.results) if args.results else (None if args.smoke else RESULTS_DIR)
     tables = {}
     for state in args.states.split(","):
@@ -116,7 +122,7 @@ def write_reports(out: Path, stages: list, args, skipped: list[str], wall_time_s
             continue
     if not tables:
         return
-    text = side_by_side(tables, stages, args, progress_lines(out, stages, args))
+    text = side_by_side(tables, stages, args, progress_lines(out, planned, args))
     (out / f"{NAME}.md").write_text(text)
     if results is not None:
         (results / f"{NAME}.md").write_text(text)

@@ -6,7 +6,7 @@ import shutil
 
 import pandas as pd
 
-from benchmarks import comparison_real
+from benchmarks import comparison, comparison_real
 from protadapt.config import METHOD_DEFAULTS
 
 
@@ -41,3 +41,11 @@ def test_thermostability_stage_truncates_and_methods_use_their_own_defaults():
     assert thermostability.grid.max_train == {"thermostability": 100}
     assert not any(":" in m for m in comparison_real.METHODS)  # no per-entry lr: METHOD_DEFAULTS apply
     assert f"full {METHOD_DEFAULTS['full'].lr:g}" in comparison_real.optimiser_note()
+
+
+def test_seeds_and_tasks_select_cells_of_the_planned_stages():
+    args = comparison_real.parse_args(["--seeds", "3-4", "--tasks", "bbb"])
+    planned = comparison_real.real_stages(list(comparison_real.METHODS), args)
+    (bbb,) = comparison.select(planned, args)
+    assert bbb.grid.tasks == ["bbb"] and bbb.grid.seeds == [3, 4]
+    assert [s.grid.seeds for s in planned] == [[0, 1, 2, 3, 4], [0, 1, 2]]  # the plan the report counts is whole
