@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant, overrides in SCHEDULES.items():
             for method in args.schedule_methods:
                 run_cell(schedule_dir(out, variant, method, seed), train,
-                         [*args.settings, f"adapter.method={method}", f"optim.lr={default_lr(method)}",
+                         [*args.settings, f"adapter.method={method}", f"optim.lr={method_defaults(method).lr}",
                           f"seed={seed}", f"optim.max_epochs={args.epochs}", *overrides])
                 write_report(out, grid, args, results)
     write_report(out, grid, args, results)
@@ -115,10 +115,6 @@ def cell_dir(out: Path, method: str, lr: float, seed: int) -> Path:
 
 def schedule_dir(out: Path, variant: str, method: str, seed: int) -> Path:
     return out / "schedule" / variant.replace(", ", "-").replace(" ", "") / method / f"seed{seed}"
-
-
-def default_lr(method: str) -> float:
-    return method_defaults(method).lr
 
 
 def run_cell(path: Path, train: pd.DataFrame, settings: list[str]) -> None:
@@ -205,7 +201,7 @@ def schedule_section(out: Path, args: argparse.Namespace) -> list[str]:
     rows = []
     for seed in args.schedule_seeds:
         for method in args.schedule_methods:
-            lr = default_lr(method)
+            lr = method_defaults(method).lr
             for variant, path in [(name, cell_dir(out, method, lr, seed)),
                                   *((v, schedule_dir(out, v, method, seed)) for v in SCHEDULES)]:
                 if row := cell_row(out, method, lr, seed, path):

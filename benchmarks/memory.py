@@ -32,6 +32,7 @@ from benchmarks.common import REPO, RESULTS_DIR, cpu_model, environment_line, ma
 from protadapt.adapters import AdapterConfig
 from protadapt.backbones import ARCHITECTURES, build_model, store_frozen_weights
 from protadapt.backbones.base import family
+from protadapt.backbones.esm import rotary_frequencies
 from protadapt.heads import HeadConfig
 from protadapt.model import ProteinPredictor
 
@@ -128,8 +129,7 @@ def fill_random(backbone: nn.Module) -> None:
             module.weight.fill_(1.0), module.bias.fill_(0.0)
             continue
         if hasattr(module, "inv_freq"):  # fair-esm RotaryEmbedding: its buffer, as its __init__ computes it
-            dim = 2 * module.inv_freq.numel()
-            module.inv_freq.copy_(1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim)))
+            module.inv_freq.copy_(rotary_frequencies(2 * module.inv_freq.numel()))
         for parameter_name, parameter in module.named_parameters(recurse=False):
             if parameter_name == "bias":
                 parameter.zero_()

@@ -238,6 +238,14 @@ def read_checkpoint(path: Path) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def rotary_frequencies(head_dim: int) -> torch.Tensor:
+    """The inverse frequencies fair-esm's RotaryEmbedding holds for a head of `head_dim`, made by fair-esm itself."""
+    from esm.rotary_embedding import RotaryEmbedding
+
+    with torch.device("cpu"):
+        return RotaryEmbedding(head_dim).inv_freq
+
+
 def initialise_left_on_meta(model: nn.Module) -> None:
     """Modules the checkpoint did not fill (the optional contact head without its regression file) get
     storage on the CPU and their own initialisation, as a model built off the meta device would have."""

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from protadapt.backbones.base import Architecture, BackboneError
-from protadapt.backbones.esm import ESMBackbone, build_esm, initialise_left_on_meta, load_state_strict
+from protadapt.backbones.esm import (ESMBackbone, build_esm, initialise_left_on_meta, load_state_strict,
+                                    rotary_frequencies)
 from protadapt.backbones.hf import read_config
 from protadapt.files import read_safetensors
 
@@ -66,13 +67,12 @@ def fair_esm_state(hf_state: dict) -> dict:
 
 
 def derived_tensors(model: nn.Module, state: dict) -> dict:
-    """What fair-esm stores and HF does not: each layer's rotary inverse frequencies (fair-esm's formula) and,
+    """What fair-esm stores and HF does not: each layer's rotary inverse frequencies and,
     for a file without an LM head, the head's bias at fair-esm's initial zeros."""
     derived = {}
     for key, buffer in model.state_dict().items():
         if key.endswith("rot_emb.inv_freq"):
-            dim = 2 * buffer.shape[0]
-            derived[key] = 1.0 / (10000 ** (torch.arange(0, dim, 2).float() / dim))
+            derived[key] = rotary_frequencies(2 * buffer.shape[0])
     if "lm_head.bias" not in state:
         derived["lm_head.bias"] = torch.zeros(model.lm_head.bias.shape)
     return derived
