@@ -19,6 +19,22 @@ if "PROTADAPT_CACHE_DIR" not in os.environ:  # the embedding cache of the probe 
 
 
 @pytest.fixture
+def report(record_property):
+    """`report(line)`: the line is printed after the run, also under pytest-xdist (which hides tests' output)."""
+    return lambda line: record_property("report", line)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    lines = [value for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call"
+             for key, value in getattr(report, "user_properties", ()) if key == "report"]
+    if lines:
+        terminalreporter.section("numbers the integration tests measured")
+        for line in lines:
+            terminalreporter.line(line)
+
+
+@pytest.fixture
 def shared_dir() -> Path:
     return SHARED
 

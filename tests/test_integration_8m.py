@@ -24,7 +24,7 @@ MARGIN_ACCURACY = 0.60  # ≥ 23 of 38 test peptides; the seeds tried gave 27–
 
 
 @pytest.mark.slow
-def test_lora_on_random_8m_beats_majority_on_bbb(tmp_path, monkeypatch, capsys):
+def test_lora_on_random_8m_beats_majority_on_bbb(tmp_path, monkeypatch, capsys, report):
     monkeypatch.setattr(run_module, "plot_predictions", lambda *args, **kwargs: None)
     monkeypatch.setattr(run_module, "plot_training_curves", lambda *args, **kwargs: None)
     threads = torch.get_num_threads()
@@ -38,10 +38,9 @@ def test_lora_on_random_8m_beats_majority_on_bbb(tmp_path, monkeypatch, capsys):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     test = metrics["test"]
-    with capsys.disabled():
-        print(f"\n8M random-init LoRA on bbb (seed 0): test accuracy {test['accuracy']:.3f}, "
-              f"AUROC {test['auroc']:.3f}, MCC {test['mcc']:.3f}, inner-val accuracy "
-              f"{metrics['val']['accuracy']:.3f}; majority rate {MAJORITY_RATE}; {run['wall_time_s']} s")
+    report(f"8M random-init LoRA on bbb (seed 0): test accuracy {test['accuracy']:.3f}, "
+           f"AUROC {test['auroc']:.3f}, MCC {test['mcc']:.3f}, inner-val accuracy "
+           f"{metrics['val']['accuracy']:.3f}; majority rate {MAJORITY_RATE}; {run['wall_time_s']} s")
     assert run["backbone"] == "esm2_t6_8M_UR50D" and run["pretrained"] is False
     assert test["n"] == 38
     assert test["accuracy"] >= MARGIN_ACCURACY

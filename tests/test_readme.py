@@ -133,7 +133,7 @@ def test_tutorial_commands_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_first_command_runs_on_a_fresh_clone_with_only_a_package_index(tmp_path):
+def test_first_command_runs_on_a_fresh_clone_with_only_a_package_index(tmp_path, report):
     """README's first command exactly as written: a fresh venv, no PROTADAPT_* variables, no data directory."""
     setup = section("Set up")
     first = re.findall(r"```bash\n(.*?)```", setup, flags=re.S)[0].strip()
@@ -154,8 +154,8 @@ def test_first_command_runs_on_a_fresh_clone_with_only_a_package_index(tmp_path)
                             text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((clone / "runs" / "quickstart" / "metrics.json").read_text())
-    print(f"\nREADME first command (AntiBERTy, DoRA, 5 epochs): test accuracy {metrics['test']['accuracy']:.3f}, "
-          f"AUROC {metrics['test']['auroc']:.3f}")
+    report(f"README first command (AntiBERTy, DoRA, 5 epochs): test accuracy {metrics['test']['accuracy']:.3f}, "
+           f"AUROC {metrics['test']['auroc']:.3f}")
     assert '"test"' in result.stdout and "accuracy" in result.stdout  # fit prints the test metrics
     predictions = clone / "peptides.predictions.csv"
     assert len(predictions.read_text().splitlines()) == 11  # header + the 10 example peptides

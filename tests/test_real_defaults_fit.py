@@ -19,7 +19,7 @@ CAP = [] if os.environ.get("PROTADAPT_FULL_FIT") == "1" else ["optim.max_epochs=
 
 
 @pytest.mark.slow
-def test_default_fit_on_antiberty_uses_the_method_default_and_prints_real_next_to_random(tmp_path, capsys):
+def test_default_fit_on_antiberty_uses_the_method_default_and_prints_real_next_to_random(tmp_path, report):
     accuracy = {}
     for state, flags in (("real", []), ("random", ["--random-init"])):
         run = tmp_path / state
@@ -30,7 +30,5 @@ def test_default_fit_on_antiberty_uses_the_method_default_and_prints_real_next_t
         assert record["pretrained"] is (state == "real")
         assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == lr
         accuracy[state] = json.loads((run / "metrics.json").read_text())["test"]["accuracy"]
-    capsys.readouterr()
-    with capsys.disabled():
-        print(f"\nbbb test accuracy, fit --task bbb --backbone antiberty {' '.join(CAP) or '(no other flag)'}: "
-              f"real weights {accuracy['real']:.3f}, random init {accuracy['random']:.3f} (38 rows)")
+    report(f"bbb test accuracy, fit --task bbb --backbone antiberty {' '.join(CAP) or '(no other flag)'}: "
+           f"real weights {accuracy['real']:.3f}, random init {accuracy['random']:.3f} (38 rows)")
