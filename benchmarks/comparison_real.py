@@ -151,7 +151,7 @@ def progress_lines(out: Path, stages: list, args) -> list[str]:
         settings = (SMOKE_STATES if args.smoke else STATES)[state]
         cells = [cell for stage in stages for cell in plan(comparison.stage_config(stage, args.smoke, settings),
                                                            stage.grid, out / state)]
-        missing = [cell for cell in cells if not (cell.path / "metrics.json").exists()]
+        missing = [cell for cell in cells if not cell.finished]
         incomplete |= bool(missing)
         lines.append(f"- Cells, {state} weights: {len(cells) - len(missing)} of {len(cells)} planned finished"
                      + (f"; not run yet: {missing_text(cells, missing)}." if missing else "."))

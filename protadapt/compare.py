@@ -1,7 +1,7 @@
 """`protadapt compare`: every (task, method, seed[, fold]) cell trained with `fit`, plus the baselines.
 
-Cells live in `OUT/cells/<task>/<method>/seed<N>[/fold<k>]`; a cell whose `metrics.json` exists is
-done and never rerun, so a killed comparison resumes where it stopped. The table of all cells is
+Cells live in `OUT/cells/<task>/<method>/seed<N>[/fold<k>]`; a finished cell (`Cell.finished`) is
+never rerun, so a killed comparison resumes where it stopped. The table of all cells is
 `OUT/comparison.csv` (one row per run) and the Table-4-shaped summary is `OUT/comparison.md`
 (written by `protadapt.report`).
 """
@@ -78,7 +78,7 @@ def run_claimed(base: RunConfig, grid: Grid, out: Path) -> pd.DataFrame:
 def collect(base: RunConfig, grid: Grid, out: str | Path) -> pd.DataFrame:
     """The table of every finished cell of `grid` (unfinished ones are left out), written to comparison.csv."""
     out = Path(out)
-    table = pd.DataFrame([cell_row(cell) for cell in plan(base, grid, out) if (cell.path / "metrics.json").exists()])
+    table = pd.DataFrame([cell_row(cell) for cell in plan(base, grid, out) if cell.finished])
     write_csv_atomic(table, out / "comparison.csv")
     return table
 
@@ -105,6 +105,11 @@ class Cell:
     def trains_a_model(self) -> bool:
         """A registered method (trained with `fit`), not one of the baselines."""
         return self.config.adapter.method in method_names()
+
+    @property
+    def finished(self) -> bool:
+        """A model cell marked complete (after its last file); a baseline's metrics.json, which it writes last."""
+        return rundir.is_complete(self.path) if self.trains_a_model else (self.path / "metrics.json").exists()
 
 
 def plan(base: RunConfig, grid: Grid, out: Path):
@@ -190,7 +195,7 @@ def check_reusable(cell: Cell) -> None:
 
 def run_baseline_cell(cell: Cell) -> None:
     """A baseline on the cell's exact split, stored like a model cell (metrics.json + run.json)."""
-    if (cell.path / "metrics.json").exists():
+    if cell.finished:
         return
     started = time.perf_counter()
     train, test, problem_type = cell.train, cell.test, cell.problem_type
@@ -198,9 +203,9 @@ def run_baseline_cell(cell: Cell) -> None:
     scores = run_baseline(cell.method, train["sequence"].tolist(), train["label"].to_numpy(),
                           test["sequence"].tolist(), problem_type, num_classes, cell.config.seed)
     metrics = compute_metrics(problem_type, test["label"].to_numpy(), scores)
-    write_json_atomic({"test": metrics}, cell.path / "metrics.json")
     _add_to_json(cell.path / "run.json", {"wall_time_s": round(time.perf_counter() - started, 3),
                                           "trainable_params": baseline_params(cell.method, problem_type, num_classes)})
+    write_json_atomic({"test": metrics}, cell.path / "metrics.json")  # last: a cell with it is finished
 
 
 def baseline_params(name: str, problem_type: str, num_classes: int | None) -> int:

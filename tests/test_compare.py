@@ -169,13 +169,18 @@ def test_killed_compare_resumes_only_unfinished_cells(tmp_path, tiny_base, monke
     cells = tmp_path / "cells" / "bbb"
     (cells / "dora" / "seed1" / "metrics.json").unlink()  # as if killed while training this cell
     (cells / "dora" / "seed1" / "stale.ckpt").write_text("half-written")
-    before = {p: p.stat().st_mtime_ns for p in cells.glob("*/*/metrics.json")}
+    (cells / "lora" / "seed0" / "complete.json").unlink()  # killed after fit's metrics, before the cell was marked
+    (cells / "majority" / "seed0" / "metrics.json").unlink()  # a baseline killed before its last file
+    left_alone = {cells / "lora" / "seed1", cells / "dora" / "seed0", cells / "probe" / "seed0", cells / "probe" / "seed1"}
+    before = {p: p.stat().st_mtime_ns for p in cells.glob("*/*/metrics.json") if p.parent in left_alone}
+    assert len(compare.collect(tiny_base, grid, tmp_path)) == 10 - 3  # unfinished cells are not in the table
     calls.clear()
     table = run_comparison(tiny_base, grid, tmp_path)
-    assert [call[0] for call in calls] == [cells / "dora" / "seed1"]
-    assert all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
+    assert [call[0] for call in calls] == [cells / "lora" / "seed0", cells / "dora" / "seed1"]
+    assert len(before) == 4 and all(p.stat().st_mtime_ns == mtime for p, mtime in before.items())
     assert not (cells / "dora" / "seed1" / "stale.ckpt").exists()  # a half-written cell starts afresh
     assert len(table) == 10 and (cells / "dora" / "seed1" / "metrics.json").exists()
+    assert (cells / "majority" / "seed0" / "metrics.json").exists()
 
 
 def test_a_finished_cell_trained_with_other_settings_is_refused_not_mixed_in(tmp_path, monkeypatch, capsys):
