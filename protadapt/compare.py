@@ -165,7 +165,7 @@ def cell_dir(out: Path, task: str, method: str, seed: int, fold: int | None) -> 
 
 def run_cell(cell: Cell) -> None:
     """Train one cell unless it is complete; a half-written cell is removed and trained afresh."""
-    if rundir.is_complete(cell.path):
+    if cell.finished:
         check_reusable(cell)
         return
     if cell.path.exists():
