@@ -185,7 +185,7 @@ def write_report(out: Path, stages: list[Stage], wall_time_s: float | None, args
     command = f"PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m {script} " + " ".join(args.argv)
     report = comparison_markdown(table, reference=REFERENCE, command=command.strip(), wall_time_s=wall_time_s,
                                  notes=notes, identity_below=IDENTITY_BELOW)
-    report += analysis_section(out)
+    report += analysis_section(out) if any("bbb" in stage.grid.tasks for stage in stages) else ""
     (out / "comparison.md").write_text(report)
     results = Path(args.results) if args.results else (None if args.smoke else RESULTS_DIR)
     if results is not None:

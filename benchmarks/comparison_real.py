@@ -10,10 +10,16 @@ OUT/<state>/ (resumable: finished cells are reused): bbb on its whole 198-row tr
 `data.truncate=true` (AntiBERTy takes 510 residues; the report counts the truncated sequences). The
 methods are METHODS with NO per-method overrides: every one trains at its own default lr
 (protadapt.config.METHOD_DEFAULTS). Each state gets comparison.py's full report (BiDoRA − DoRA and every
-method − DoRA with t-intervals, Wilcoxon, Holm, McNemar / DeLong, the ΔM–ΔD analysis) as
-results/comparison_antiberty_<state>.{md,csv}; `comparison_antiberty.md` puts the states side by side:
+method − DoRA with t-intervals, Wilcoxon, Holm, McNemar / DeLong, the ΔM–ΔD analysis of bbb) per task;
+`comparison_antiberty.md` puts the states side by side:
 accuracy per method, real − random, BiDoRA − DoRA and method − probe per state, wall time and peak
 memory per cell, and which differences survive Holm's correction.
+
+Each state's report is written per task, results/comparison_antiberty_<state>_<task>.{md,csv}, and the
+side-by-side report is built from those tables, not from the cells: a task's table stays valid after its
+cells are deleted (full fine-tuning keeps ~100 MB per cell), so `--tasks thermostability` reports that task
+afresh next to bbb's stored table. A stored row trained on other rows or epochs than the plan's is refused,
+naming the file.
 
 `--seeds` and `--tasks` (comparison.py's) select which cells a process trains or a `--report-only` report holds,
 to split the run across processes or report a subset; the side-by-side report still counts, and names, every
@@ -51,7 +57,7 @@ from protadapt.config import METHOD_DEFAULTS, load_config
 from protadapt.data.tasks import resolve_task
 from protadapt.evaluation.statistics import compare_to_reference, holm, wilcoxon_min_p
 from protadapt.method_specs import ALIASES
-from protadapt.report import _mean, format_p, mean_sd
+from protadapt.report import _mean, across_tasks_section, format_p, mean_sd
 
 METHODS = ("probe", "lora", "dora", "bidora", "bidora_fo", "full", "wegeft", "prompt")
 STATES = {"real": ["backbone=antiberty", "quiet=true"],
@@ -61,6 +67,7 @@ SMOKE_STATES = {state: ["backbone=tiny", *settings[1:], "optim.max_epochs=1", "d
 NAME = "comparison_antiberty"
 TRUNCATED = "thermostability"  # the task whose proteins can exceed the backbone's positions
 PAIRS = (("bidora", "dora"), ("bidora_fo", "dora"))  # besides every method − probe
+REFERENCE = comparison.REFERENCE  # the per-state reports' and the all-tasks test's reference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +94,9 @@ def parse_args(argv: list[str] | None):
     parser = comparison.build_parser(__doc__.splitlines()[0])
     parser.set_defaults(out="/tmp/protadapt-comparison-real", max_train="thermostability=100", stages=2)
     parser.add_argument("--states", default="real,random", help="weight states to run, in order")
-    return comparison.parse_args(argv, parser)
+    args = comparison.parse_args(argv, parser)
+    args.results = args.results or (args.out if args.smoke else str(RESULTS_DIR))  # the tables the report reads
+    return args
 
 
 def real_stages(methods: list[str], args) -> list[comparison.Stage]:
@@ -108,50 +117,85 @@ def optimiser_note() -> str:
 
 
 def write_reports(out: Path, stages: list, planned: list, args, skipped: list[str], wall_time_s: float | None) -> None:
-    """Each state's comparison.py report of `stages` (those `--tasks` / `--seeds` select), then the side-by-side
-    report of both, which counts the cells of every `planned` stage."""
-    results = Path(args.results) if args.results else (None if args.smoke else RESULTS_DIR)
-    tables = {}
+    """Each state's comparison.py report of each task in `stages` (those `--tasks` / `--seeds` select), then the
+    side-by-side report of every `planned` task's stored table."""
+    results = Path(args.results)
     for state in args.states.split(","):
         settings = (SMOKE_STATES if args.smoke else STATES)[state]
-        comparison.write_report(out / state, stages, wall_time_s, args, skipped, name=f"{NAME}_{state}",
-                                backbone=settings, optimiser=optimiser_note(), script="benchmarks.comparison_real")
-        try:
-            tables[state] = pd.read_csv(out / state / "comparison.csv")
-        except (FileNotFoundError, pd.errors.EmptyDataError):  # compare writes an empty one before any cell finished
-            continue
+        for stage in stages:
+            comparison.write_report(out / state, [stage], wall_time_s, args, skipped,
+                                    name=report_name(state, stage.grid.tasks[0]), backbone=settings,
+                                    optimiser=optimiser_note(), script="benchmarks.comparison_real")
+    tables = {state: stored_table(results, state, planned, args) for state in args.states.split(",")}
+    tables = {state: table for state, table in tables.items() if not table.empty}
     if not tables:
         return
-    text = side_by_side(tables, stages, args, progress_lines(out, planned, args))
-    (out / f"{NAME}.md").write_text(text)
-    if results is not None:
-        (results / f"{NAME}.md").write_text(text)
+    text = side_by_side(tables, planned, args, progress_lines(tables, planned, args))
+    (results / f"{NAME}.md").write_text(text)
+
+
+def report_name(state: str, task: str) -> str:
+    return f"{NAME}_{state}_{task}"
+
+
+def stored_table(results: Path, state: str, planned: list, args) -> pd.DataFrame:
+    """The state's rows of every planned task, read from the per-task tables in `results`; a row whose training
+    rows or epochs differ from its planned cell's is refused (a table left by another budget)."""
+    cells = {(c.config.data.task, c.method, c.config.seed): c for c in planned_cells(planned, args, state)}
+    frames = []
+    for task in dict.fromkeys(t for stage in planned for t in stage.grid.tasks):
+        path = results / f"{report_name(state, task)}.csv"
+        try:
+            frame = pd.read_csv(path)
+        except (FileNotFoundError, pd.errors.EmptyDataError):
+            continue
+        frame = frame[[(task, m, s) in cells for m, s in zip(frame["method"], frame["seed"])]]
+        for row in frame.itertuples():
+            cell = cells[(task, row.method, row.seed)]
+            expected = {"n_train": len(cell.train), "max_epochs": cell.config.optim.max_epochs}
+            wrong = [f"{key} {getattr(row, key)} (planned {value})" for key, value in expected.items()
+                     if not pd.isna(getattr(row, key)) and getattr(row, key) != value]
+            if wrong:
+                raise SystemExit(f"{path}: the {task} {row.method} seed {row.seed} row was trained with other settings: "
+                                 f"{', '.join(wrong)}; rerun the task with these settings or pass the ones it used")
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def planned_cells(planned: list, args, state: str) -> list:
+    settings = (SMOKE_STATES if args.smoke else STATES)[state]
+    return [cell for stage in planned
+            for cell in plan(comparison.stage_config(stage, args.smoke, settings), stage.grid, Path(args.out) / state)]
 
 
 def side_by_side(tables: dict[str, pd.DataFrame], stages: list, args, progress: list[str] = ()) -> str:
-    """The report's own page: what it shows, which cells are missing, truncation counts, and per task both
-    states' columns."""
+    """The report's own page: what it shows, which cells are missing, truncation counts, per task both
+    states' columns, and per state the paired test over (task, seed)."""
     states = list(tables)
     lines = ["# Real AntiBERTy weights vs the same architecture randomly initialised", "", *progress,
              f"- Command: `PROTADAPT_DATA_DIR=/work/shared/data .venv/bin/python -m benchmarks.comparison_real "
              f"{' '.join(args.argv)}`".rstrip(),
-             f"- Per state, the full report: {', '.join(f'`{NAME}_{s}.md`' for s in states)} (every metric, McNemar "
-             "/ DeLong per seed, the ΔM–ΔD analysis).",
+             f"- Per state and task, the full report: "
+             f"{', '.join(f'`{report_name(s, t)}.md`' for s in states for t in tables[s]['task'].unique())} "
+             "(every metric, McNemar / "
+             "DeLong per seed; bbb's adds the ΔM–ΔD analysis).",
              f"- {optimiser_note()}", *caveats(), *truncation_lines(stages, args), *[f"- {n}" for n in args.note]]
     everything = pd.concat([t.assign(state=s) for s, t in tables.items()], ignore_index=True)
     for task, runs in everything.groupby("task", sort=False):
         lines += ["", f"## {task}", "", *accuracy_table(runs, states), "", *differences_table(runs, states)]
+    for state, table in tables.items():
+        lines += across_tasks_section(table, REFERENCE, f"All tasks, {state} weights: paired over (task, seed)")
     return "\n".join(lines) + "\n"
 
 
-def progress_lines(out: Path, stages: list, args) -> list[str]:
-    """Per state, how many planned cells finished and, when not all did, which (task, seed, method) are missing."""
+def progress_lines(tables: dict[str, pd.DataFrame], stages: list, args) -> list[str]:
+    """Per state, how many planned cells the tables hold and, when not all, which (task, seed, method) are missing."""
     lines, incomplete = [], False
     for state in args.states.split(","):
-        settings = (SMOKE_STATES if args.smoke else STATES)[state]
-        cells = [cell for stage in stages for cell in plan(comparison.stage_config(stage, args.smoke, settings),
-                                                           stage.grid, out / state)]
-        missing = [cell for cell in cells if not cell.finished]
+        cells = planned_cells(stages, args, state)
+        table = tables.get(state, pd.DataFrame(columns=["task", "method", "seed"]))
+        done = set(zip(table["task"], table["method"], table["seed"]))
+        missing = [cell for cell in cells if (cell.config.data.task, cell.method, cell.config.seed) not in done]
         incomplete |= bool(missing)
         lines.append(f"- Cells, {state} weights: {len(cells) - len(missing)} of {len(cells)} planned finished"
                      + (f"; not run yet: {missing_text(cells, missing)}." if missing else "."))

@@ -145,7 +145,8 @@ def identity_section(runs: pd.DataFrame, threshold: float) -> list[str]:
             f"| method | {metric} below {threshold:g} identity | runs |", "|---|---|---|", *rows]
 
 
-def across_tasks_section(table: pd.DataFrame, reference: str) -> list[str]:
+def across_tasks_section(table: pd.DataFrame, reference: str,
+                         title: str = "All tasks: paired over (task, seed)") -> list[str]:
     """When several tasks ran: Wilcoxon over (task, seed) pairs of each method against the reference."""
     metric_of = {}
     for task, runs in table.groupby("task", sort=False):
@@ -156,7 +157,7 @@ def across_tasks_section(table: pd.DataFrame, reference: str) -> list[str]:
     result = across_tasks(table, reference, metric_of)
     result["holm"] = holm(result["p_value"])
     metric_text = ", ".join(f"{task}: {'' if up else '−'}{metric}" for task, (metric, up) in metric_of.items())
-    lines = ["", "## All tasks: paired over (task, seed)", "",
+    lines = ["", f"## {title}", "",
              f"Each (task, seed) result against {reference}'s, the paper's pairing unit ({metric_text}; CV folds "
              f"averaged per seed); better / worse counts the pairs where the method beat / lost to {reference}; "
              "two-sided Wilcoxon signed-rank p over the pairs (ranks mix the tasks' scales) and Holm over the "

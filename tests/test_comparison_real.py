@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pandas as pd
+import pytest
 
 from benchmarks import comparison, comparison_real
 from protadapt.config import METHOD_DEFAULTS
@@ -14,10 +15,10 @@ def test_smoke_mode_reports_both_weight_states_side_by_side(tmp_path):
     results = tmp_path / "results"
     assert comparison_real.main(["--smoke", "--out", str(tmp_path / "out"), "--results", str(results)]) == 0
     for state in ("real", "random"):
-        table = pd.read_csv(results / f"comparison_antiberty_{state}.csv")
+        table = pd.read_csv(results / f"comparison_antiberty_{state}_bbb.csv")
         assert sorted(table["method"]) == ["bidora", "composition", "dora", "majority", "probe"]
         assert (table["n_train"] == 198).all() and "Paired against **dora**" in \
-            (results / f"comparison_antiberty_{state}.md").read_text()
+            (results / f"comparison_antiberty_{state}_bbb.md").read_text()
     text = (results / "comparison_antiberty.md").read_text()
     assert "| method | real: accuracy | real: AUROC | real: s / cell | real: peak MB | random: accuracy" in text
     assert "| bidora − dora | " in text and "| dora − probe | " in text and "Surviving Holm's correction" in text
@@ -49,3 +50,44 @@ def test_seeds_and_tasks_select_cells_of_the_planned_stages():
     (bbb,) = comparison.select(planned, args)
     assert bbb.grid.tasks == ["bbb"] and bbb.grid.seeds == [3, 4]
     assert [s.grid.seeds for s in planned] == [[0, 1, 2, 3, 4], [0, 1, 2]]  # the plan the report counts is whole
+
+
+def test_side_by_side_reads_stored_task_tables_after_the_cells_are_gone(tmp_path):
+    """A task's per-state table in --results is the record: deleting the cells loses no row, and a stored row
+    trained with other settings than the plan's is refused, naming the file."""
+    out, results = tmp_path / "out", tmp_path / "results"
+    smoke = ["--smoke", "--out", str(out), "--results", str(results)]
+    assert comparison_real.main(smoke) == 0
+    stored = {p.name: p.read_bytes() for p in results.glob("comparison_antiberty_*_bbb.*")}
+    before = (results / "comparison_antiberty.md").read_text()
+
+    shutil.rmtree(out)
+    (results / "comparison_antiberty.md").unlink()
+    assert comparison_real.main([*smoke, "--report-only"]) == 0
+    assert {p.name: p.read_bytes() for p in results.glob("comparison_antiberty_*_bbb.*")} == stored
+    after = (results / "comparison_antiberty.md").read_text()
+    assert "- Cells, random weights: 5 of 5 planned finished." in after and "Interim report" not in after
+    assert after.split("## bbb")[1] == before.split("## bbb")[1]  # the same tables, from the stored rows
+
+    table = pd.read_csv(results / "comparison_antiberty_real_bbb.csv")
+    table.loc[table["method"] == "dora", "max_epochs"] = 7
+    table.to_csv(results / "comparison_antiberty_real_bbb.csv", index=False)
+    with pytest.raises(SystemExit, match=r"comparison_antiberty_real_bbb\.csv: the bbb dora seed 0 row was trained "
+                                         r"with other settings: max_epochs 7(\.0)? \(planned 1\)"):
+        comparison_real.main([*smoke, "--report-only"])
+
+
+def test_side_by_side_pairs_each_state_over_task_and_seed(tmp_path):
+    """With two tasks' tables, each state gets the paper's (task, seed) Wilcoxon against DoRA."""
+    rows = [{"task": task, "method": method, "seed": seed, "accuracy": accuracy + 0.01 * seed, "auroc": 0.5,
+             "wall_time_s": 1.0, "peak_rss_mb": 1.0}
+            for task in ("bbb", "thermostability") for seed in (0, 1, 2)
+            for method, accuracy in (("probe", 0.6), ("dora", 0.7), ("bidora", 0.8))]
+    table = pd.DataFrame(rows)
+    args = comparison_real.parse_args(["--smoke", "--out", str(tmp_path)])
+    text = comparison_real.side_by_side({"real": table, "random": table}, comparison.smoke_stages(["dora"]), args)
+    for state in ("real", "random"):
+        section = text.split(f"## All tasks, {state} weights: paired over (task, seed)")[1].split("## ")[0]
+        assert "| bidora | 2 | 6 | 6 / 0 / 0 | 0.0312 | 0.0625 |" in section  # 2 / 2**6; Holm over two
+        assert "| probe | 2 | 6 | 0 / 6 / 0 | 0.0312 | 0.0625 |" in section
+    assert "## thermostability" in text and "| bidora − dora | +0.100 [+0.100, +0.100]" in text
