@@ -39,7 +39,8 @@ def test_thermostability_stage_truncates_and_methods_use_their_own_defaults():
     bbb, thermostability = comparison_real.real_stages(list(comparison_real.METHODS), args)
     assert "data.truncate=true" in thermostability.overrides and "data.truncate=true" not in bbb.overrides
     assert bbb.grid.seeds == [0, 1, 2, 3, 4] and thermostability.grid.seeds == [0, 1, 2]
-    assert thermostability.grid.max_train == {"thermostability": 100}
+    assert thermostability.grid.max_train == {"thermostability": 24}  # the committed report's budget
+    assert "optim.max_epochs=3" in thermostability.overrides and "optim.max_epochs=20" in bbb.overrides
     assert not any(":" in m for m in comparison_real.METHODS)  # no per-entry lr: METHOD_DEFAULTS apply
     assert f"full {METHOD_DEFAULTS['full'].lr:g}" in comparison_real.optimiser_note()
 
