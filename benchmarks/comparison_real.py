@@ -29,14 +29,14 @@ planned cell that has not finished.
 `--smoke`: tiny backbone for both states, seed 0, 1 epoch, bbb, dora + bidora (+ probe and baselines):
 the whole pipeline in seconds (tests/test_comparison_real.py runs it).
 
-Cost on the shared 2-core CPU, 1 torch thread, measured (see the issue-18 report; the sweep in
-results/defaults_sweep.md): an early-stopped bbb LoRA/DoRA fit on 158 rows is 80-145 CPU-s, so a bbb
-compare cell (fit + refit on 198 rows) ≈ 3-4 CPU-min for LoRA / DoRA / WeGeFT / prompt, ≈ 7 for full
-fine-tuning, ≈ 12 for BiDoRA (20 search + 20 retrain epochs at 4.7× a LoRA step) and its first-order
-variant ≈ 7; one bbb seed of the 8 methods ≈ 45 CPU-min, bbb ≈ 3.8 h per state. Thermostability (370
-residues a sequence, 10-12× bbb's tokens per row) on 100 rows ≈ 5× a bbb cell: ≈ 3.7 h per seed, 11 h
-per state for 3 seeds. In all ≈ 30 CPU-hours for both states: run it on a GPU or with `--threads`
-where cores are free, or cut `--max-train` / `--epochs` and say so with `--note`.
+Cost on the shared 2-core CPU, 1 torch thread, measured (s / cell in the committed report): a bbb compare
+cell (fit + refit on 198 rows, 20-epoch ceiling) ≈ 5-10 CPU-min for LoRA / DoRA / WeGeFT / prompt / full
+fine-tuning, ≈ 31 for BiDoRA (20 search + 20 retrain epochs) and ≈ 21 for its first-order variant: ≈ 90 min
+per bbb seed of the 8 methods, ≈ 7.5 h per state for 5 seeds. Thermostability at the default 24 rows and 3
+epochs: 2.5-5 min a cell (7 for BiDoRA), ≈ 30 min per seed, ≈ 1.5 h per state for 3 seeds. In all ≈ 18
+CPU-hours for both states (one state per core: about 9 h): run it on a GPU or with `--threads` where
+cores are free. A larger thermostability budget (`--max-train`, `--epochs`) costs in proportion to its
+optimiser steps; say so with `--note`.
 """
 
 from __future__ import annotations
