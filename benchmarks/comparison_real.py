@@ -66,7 +66,6 @@ STATES = {"real": ["backbone=antiberty", "quiet=true"],
 SMOKE_STATES = {state: ["backbone=tiny", *settings[1:], "optim.max_epochs=1", "data.batch_size=32"]
                 for state, settings in STATES.items()}
 NAME = "comparison_antiberty"
-TRUNCATED = "thermostability"  # the task whose proteins can exceed the backbone's positions
 PAIRS = (("bidora", "dora"), ("bidora_fo", "dora"))  # besides every method − probe
 REFERENCE = comparison.REFERENCE  # the per-state reports' and the all-tasks test's reference
 
@@ -180,8 +179,7 @@ def side_by_side(tables: dict[str, pd.DataFrame], stages: list, args, progress: 
              f"{' '.join(args.argv)}`".rstrip(),
              f"- Per state and task, the full report: "
              f"{', '.join(f'`{report_name(s, t)}.md`' for s in states for t in tables[s]['task'].unique())} "
-             "(every metric, McNemar / "
-             "DeLong per seed; bbb's adds the ΔM–ΔD analysis).",
+             "(every metric, McNemar / DeLong per seed; bbb's adds the ΔM–ΔD analysis).",
              f"- {optimiser_note()}", *caveats(), *truncation_lines(stages, args), *[f"- {n}" for n in args.note]]
     everything = pd.concat([t.assign(state=s) for s, t in tables.items()], ignore_index=True)
     for task, runs in everything.groupby("task", sort=False):
