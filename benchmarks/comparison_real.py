@@ -67,7 +67,6 @@ SMOKE_STATES = {state: ["backbone=tiny", *settings[1:], "optim.max_epochs=1", "d
                 for state, settings in STATES.items()}
 NAME = "comparison_antiberty"
 PAIRS = (("bidora", "dora"), ("bidora_fo", "dora"))  # besides every method − probe
-REFERENCE = comparison.REFERENCE  # the per-state reports' and the all-tasks test's reference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,11 +127,12 @@ def write_reports(out: Path, stages: list, planned: list, args, skipped: list[st
             comparison.write_report(out / state, [stage], wall_time_s, args, skipped,
                                     name=report_name(state, stage.grid.tasks[0]), backbone=settings,
                                     optimiser=optimiser_note(), script="benchmarks.comparison_real")
-    tables = {state: stored_table(results, state, planned, args) for state in args.states.split(",")}
+    cells = {state: planned_cells(planned, args, state) for state in args.states.split(",")}
+    tables = {state: stored_table(results, state, cells[state]) for state in cells}
     tables = {state: table for state, table in tables.items() if not table.empty}
     if not tables:
         return
-    text = side_by_side(tables, planned, args, progress_lines(tables, planned, args))
+    text = side_by_side(tables, planned, args, progress_lines(tables, cells))
     (results / f"{NAME}.md").write_text(text)
 
 
@@ -140,12 +140,12 @@ def report_name(state: str, task: str) -> str:
     return f"{NAME}_{state}_{task}"
 
 
-def stored_table(results: Path, state: str, planned: list, args) -> pd.DataFrame:
-    """The state's rows of every planned task, read from the per-task tables in `results`; a row whose training
-    rows or epochs differ from its planned cell's is refused (a table left by another budget)."""
-    cells = {(c.config.data.task, c.method, c.config.seed): c for c in planned_cells(planned, args, state)}
+def stored_table(results: Path, state: str, planned: list) -> pd.DataFrame:
+    """The state's rows of every `planned` cell's task, read from the per-task tables in `results`; a row whose
+    training rows or epochs differ from its planned cell's is refused (a table left by another budget)."""
+    cells = {cell_key(cell): cell for cell in planned}
     frames = []
-    for task in dict.fromkeys(t for stage in planned for t in stage.grid.tasks):
+    for task in dict.fromkeys(cell.config.data.task for cell in planned):
         path = results / f"{report_name(state, task)}.csv"
         try:
             frame = pd.read_csv(path)
@@ -158,8 +158,9 @@ def stored_table(results: Path, state: str, planned: list, args) -> pd.DataFrame
             wrong = [f"{key} {getattr(row, key)} (planned {value})" for key, value in expected.items()
                      if not pd.isna(getattr(row, key)) and getattr(row, key) != value]
             if wrong:
-                raise SystemExit(f"{path}: the {task} {row.method} seed {row.seed} row was trained with other settings: "
-                                 f"{', '.join(wrong)}; rerun the task with these settings or pass the ones it used")
+                raise SystemExit(f"{path}: the {task} {row.method} seed {row.seed} row was trained with other "
+                                 f"settings: {', '.join(wrong)}; rerun the task with these settings or pass the ones "
+                                 "it used")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -168,6 +169,11 @@ def planned_cells(planned: list, args, state: str) -> list:
     settings = (SMOKE_STATES if args.smoke else STATES)[state]
     return [cell for stage in planned
             for cell in plan(comparison.stage_config(stage, args.smoke, settings), stage.grid, Path(args.out) / state)]
+
+
+def cell_key(cell) -> tuple[str, str, int]:
+    """(task, method, seed): how a cell is found among a table's rows."""
+    return cell.config.data.task, cell.method, cell.config.seed
 
 
 def side_by_side(tables: dict[str, pd.DataFrame], stages: list, args, progress: list[str] = ()) -> str:
@@ -185,18 +191,19 @@ def side_by_side(tables: dict[str, pd.DataFrame], stages: list, args, progress: 
     for task, runs in everything.groupby("task", sort=False):
         lines += ["", f"## {task}", "", *accuracy_table(runs, states), "", *differences_table(runs, states)]
     for state, table in tables.items():
-        lines += across_tasks_section(table, REFERENCE, f"All tasks, {state} weights: paired over (task, seed)")
+        title = f"All tasks, {state} weights: paired over (task, seed)"
+        lines += across_tasks_section(table, comparison.REFERENCE, title)
     return "\n".join(lines) + "\n"
 
 
-def progress_lines(tables: dict[str, pd.DataFrame], stages: list, args) -> list[str]:
-    """Per state, how many planned cells the tables hold and, when not all, which (task, seed, method) are missing."""
+def progress_lines(tables: dict[str, pd.DataFrame], planned: dict[str, list]) -> list[str]:
+    """Per state, how many of its `planned` cells the tables hold and, when not all, which (task, seed, method)
+    are missing."""
     lines, incomplete = [], False
-    for state in args.states.split(","):
-        cells = planned_cells(stages, args, state)
+    for state, cells in planned.items():
         table = tables.get(state, pd.DataFrame(columns=["task", "method", "seed"]))
         done = set(zip(table["task"], table["method"], table["seed"]))
-        missing = [cell for cell in cells if (cell.config.data.task, cell.method, cell.config.seed) not in done]
+        missing = [cell for cell in cells if cell_key(cell) not in done]
         incomplete |= bool(missing)
         lines.append(f"- Cells, {state} weights: {len(cells) - len(missing)} of {len(cells)} planned finished"
                      + (f"; not run yet: {missing_text(cells, missing)}." if missing else "."))
