@@ -19,12 +19,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
+SIGINT_EPOCHS = 60  # a tiny epoch is ~0.06 s idle: the interrupt after epoch 1 has ~3 s of epochs left to land in
 
 
-def command(out: Path, method: str, backbone: str = "tiny", *extra: str) -> list[str]:
+def command(out: Path, method: str, backbone: str = "tiny", *extra: str, epochs: int = EPOCHS) -> list[str]:
     random = [] if backbone == "tiny" else ["--random-init"]
     return [sys.executable, "-m", "protadapt.cli", "fit", "--task", "bbb", "--method", method, "--backbone", backbone, *random,
-            "--out", str(out), f"optim.max_epochs={EPOCHS}", "optim.patience=100", "data.batch_size=16",
+            "--out", str(out), f"optim.max_epochs={epochs}", "optim.patience=100", "data.batch_size=16",
             "adapter.dropout=0.1", "head.dropout=0.2", *extra]
 
 
@@ -57,8 +58,8 @@ def kill_after(args: list[str], run_dir: Path, checkpoints: int, extra_wait: flo
     return process.returncode, log.read_text()
 
 
-def uninterrupted(tmp_path: Path, method: str, backbone: str = "tiny") -> bytes:
-    result = run(command(tmp_path / "whole", method, backbone))
+def uninterrupted(tmp_path: Path, method: str, backbone: str = "tiny", epochs: int = EPOCHS) -> bytes:
+    result = run(command(tmp_path / "whole", method, backbone, epochs=epochs))
     assert result.returncode == 0, result.stderr[-2000:]
     return (tmp_path / "whole" / "metrics.json").read_bytes()
 
@@ -79,15 +80,15 @@ def test_kill_9_then_resume_gives_the_same_metrics(method, backbone, tmp_path):
 
 @pytest.mark.slow
 def test_sigint_exits_130_with_the_hint_and_resumes_exactly(tmp_path):
-    expected = uninterrupted(tmp_path, "lora")
+    expected = uninterrupted(tmp_path, "lora", epochs=SIGINT_EPOCHS)
     out = tmp_path / "interrupted"
-    code, stderr = kill_after(command(out, "lora"), out, 2, 0.5, signal.SIGINT)
+    code, stderr = kill_after(command(out, "lora", epochs=SIGINT_EPOCHS), out, 1, 0.2, signal.SIGINT)
     assert code == 130
     assert "protadapt: interrupted (resume with --resume)" in stderr
     assert "Traceback" not in stderr
     assert (out / "checkpoints" / "fit" / "last.ckpt").is_file() and not (out / "complete.json").exists()
-    again = run(command(out, "lora"))  # without --resume an interrupted run is refused
+    again = run(command(out, "lora", epochs=SIGINT_EPOCHS))  # without --resume an interrupted run is refused
     assert again.returncode == 1 and "--resume" in again.stderr
-    resumed = run(command(out, "lora", "tiny", "--resume"))
+    resumed = run(command(out, "lora", "tiny", "--resume", epochs=SIGINT_EPOCHS))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (out / "metrics.json").read_bytes() == expected
